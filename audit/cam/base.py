@@ -1,0 +1,138 @@
+"""The shared CAM pipeline: hooks, frozen weights, targets, post-processing.
+
+Design (after torchcam / pytorch-grad-cam): this base owns everything common to class-activation
+methods; a method only says how its map is formed from the target layer's activation ``A`` and the
+gradient ``dS/dA`` of the explained score ``S``.
+
+Speed and exactness choices:
+* Model weights are frozen (``requires_grad=False``) for the call and the target activation is
+  replaced by a detached leaf that requires grad. Autograd therefore records nothing before the target
+  layer and computes no weight gradients: backward runs only through the head.
+* The leaf is cloned before it flows on, so in-place ops after the layer (DenseNet's ``relu_``) are safe.
+* Post-processing order: ReLU -> bilinear upsampling (``align_corners=False``) to the input size.
+  The raw (un-normalised) map is returned; min-max normalisation is a display choice applied only
+  when drawing, never before metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audit.cam.targets import PredictedClass, Target
+
+
+@dataclass
+class CAMOutput:
+    """One batch of explanations; all tensors stay on the model's device."""
+
+    maps: torch.Tensor  # (B, H, W) raw map at input resolution, >= 0
+    layer_maps: torch.Tensor  # (B, h, w) raw map at the target layer's resolution, >= 0
+    logits: torch.Tensor  # (B, C)
+    target_index: torch.Tensor  # (B,) explained class per image
+
+
+def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """Name of the last module whose output is a spatial feature map (4-D, more than 1x1).
+
+    This is "the last convolutional layer" in the Grad-CAM sense: the deepest feature map before
+    global pooling. Found by one dry forward pass, so it works for any architecture.
+    """
+    finished: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                finished.append((name, tuple(out.shape)))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    spatial = [n for n, s in finished if len(s) == 4 and s[2] * s[3] > 1]
+    if not spatial:
+        raise ValueError("no module produces a spatial (N, C, H, W) feature map; name a target layer")
+    return spatial[-1]
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        close = [n for n in modules if n and name.split(".")[0] in n][:8]
+        raise KeyError(f"target layer {name!r} not found in the model; candidates: {close}")
+    return modules[name]
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Temporarily stop autograd from tracking the weights (restored afterwards)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def captured(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the layer's output as a grad-requiring leaf; the hook is always removed."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        leaf = out.detach().requires_grad_(True)
+        store["activation"] = leaf
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+class CAM:
+    """Base class. Subclasses implement :meth:`layer_map` (activation, gradient -> raw map)."""
+
+    needs_gradient = True
+
+    def __init__(self, model: nn.Module, target_layer: str) -> None:
+        self.model = model
+        self.target_layer = target_layer
+        self.layer = resolve_layer(model, target_layer)
+
+    def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) activation and gradient -> (B, h, w) map before ReLU."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, target: Target | None = None) -> CAMOutput:
+        target = target or PredictedClass()
+        with frozen(self.model), captured(self.layer) as store, torch.enable_grad():
+            logits = self.model(x)
+            if "activation" not in store:
+                raise RuntimeError(f"target layer {self.target_layer!r} was not run by the forward pass")
+            activation = store["activation"]
+            score, index = target(logits)
+            gradient = torch.autograd.grad(score.sum(), activation)[0]
+        with torch.no_grad():
+            layer_maps = F.relu(self.layer_map(activation.detach(), gradient))
+            maps = upsample(layer_maps, tuple(x.shape[-2:]))
+        return CAMOutput(maps=maps, layer_maps=layer_maps, logits=logits.detach(), target_index=index)
+
+
+def upsample(layer_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, ``align_corners=False`` (equal to cv2.resize on float32), batched."""
+    return F.interpolate(layer_maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,186 @@
+"""The audit configuration: one typed, validated YAML file.
+
+Why pydantic with ``extra="forbid"``: a misspelt key (``treshold``) silently ignored is an audit that
+quietly ran with defaults; every unknown key and wrong type is an error that names the key.
+Relative paths are resolved against the config file's folder, so a config travels with its data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(_Strict):
+    """Where the classifier comes from.
+
+    ``torchvision``: an architecture name from ``torchvision.models`` plus a ``state_dict`` checkpoint
+    (loaded with ``weights_only=True``: never unpickle untrusted files). ``torchscript``: a file from
+    ``torch.jit.save``.
+    """
+
+    kind: Literal["torchvision", "torchscript"] = "torchvision"
+    arch: str | None = None
+    checkpoint: Path
+    num_classes: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _arch_for_torchvision(self) -> ModelSource:
+        if self.kind == "torchvision" and not self.arch:
+            raise ValueError("model.arch is required when model.kind is 'torchvision'")
+        return self
+
+
+class Preprocessing(_Strict):
+    """How an image becomes the model's input tensor: resize, scale to [0,1], normalise."""
+
+    size: tuple[int, int] = (224, 224)
+    channels: Literal[1, 3] = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> Preprocessing:
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != self.channels:
+                raise ValueError(f"preprocessing.{name} needs {self.channels} values (one per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("preprocessing.std values must be > 0")
+        return self
+
+
+class Explain(_Strict):
+    """What to explain and where.
+
+    ``target``: ``predicted`` (default: explaining a fixed class for images of another class puts the
+    map on that class's evidence, not on the lesion, and reads as false spurious focus), ``label``
+    (the manifest's class), or a class name. ``target_layer``: a module name or ``auto`` (the last
+    spatial feature map before pooling).
+    """
+
+    method: Literal["gradcam"] = "gradcam"
+    target: str = "predicted"
+    target_layer: str = "auto"
+    batch_size: int = Field(default=32, ge=1)
+    shard_size: int = Field(default=128, ge=1)
+    device: str = "cpu"
+
+
+class Data(_Strict):
+    """The audit set: a manifest (CSV or Parquet) and the subgroup columns to disaggregate by."""
+
+    manifest: Path
+    classes: tuple[str, ...] = Field(min_length=2)
+    subgroups: tuple[str, ...] = ()
+    mask_threshold: int = Field(default=127, ge=0, le=254)
+
+
+class Thresholds(_Strict):
+    """Flags and verdict.
+
+    ``focus``: an image is flagged *spurious focus* when ``mass_in / area`` is below this value;
+    1.0 means "no more attention on the region than a uniform map would give it".
+    ``alpha``: family-wise error rate for the subgroup tests (Holm-adjusted, one-sided
+    Mann-Whitney U of per-image focus, group vs the rest of the audit set).
+    ``min_group_size``: smaller groups are reported as "too small to judge".
+    ``min_map_size``: the explained layer's map side below which focus cannot be judged well.
+    """
+
+    focus: float = Field(default=1.0, gt=0)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_group_size: int = Field(default=10, ge=2)
+    min_map_size: int = Field(default=7, ge=1)
+
+
+class Stats(_Strict):
+    n_boot: int = Field(default=2000, ge=100)
+    seed: int = 0
+    ci_level: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class AuditConfig(_Strict):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output_dir: Path = Path("reports")
+    model: ModelSource
+    preprocessing: Preprocessing = Preprocessing()
+    explain: Explain = Explain()
+    data: Data
+    thresholds: Thresholds = Thresholds()
+    stats: Stats = Stats()
+
+    @field_validator("run_name")
+    @classmethod
+    def _no_dots_only(cls, v: str) -> str:
+        if set(v) <= {"."}:
+            raise ValueError("run_name must name a folder")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.run_name
+
+    def explained_target(self) -> str:
+        t = self.explain.target
+        if t not in ("predicted", "label") and t not in self.data.classes:
+            raise ConfigError(f"explain.target: {t!r} is neither 'predicted', 'label' nor one of {self.data.classes}")
+        return t
+
+
+def _resolve(base: Path, cfg: AuditConfig) -> AuditConfig:
+    def absolute(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    return cfg.model_copy(
+        update={
+            "output_dir": absolute(cfg.output_dir),
+            "model": cfg.model.model_copy(update={"checkpoint": absolute(cfg.model.checkpoint)}),
+            "data": cfg.data.model_copy(update={"manifest": absolute(cfg.data.manifest)}),
+        }
+    )
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid audit config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, base_dir: Path, source: str = "<config>") -> AuditConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values")
+    try:
+        cfg = AuditConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+    cfg = _resolve(base_dir, cfg)
+    try:
+        cfg.explained_target()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate a YAML audit config; paths inside are relative to the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, path.resolve().parent, str(path))

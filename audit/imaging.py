@@ -1,0 +1,52 @@
+"""Pixels in: images and masks from disk to model-ready tensors.
+
+Images are resized with PIL's bilinear filter (antialiased when shrinking), scaled to [0, 1] and
+normalised per channel. Masks are binarised (> threshold) at their own resolution, which must equal
+the image's, then resized with nearest-neighbour so a mask pixel is never invented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from audit.config import Preprocessing
+
+
+def open_image(path: Path, channels: int) -> Image.Image:
+    img = Image.open(path)
+    img.load()
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def image_tensor(img: Image.Image, pre: Preprocessing) -> torch.Tensor:
+    """PIL image -> normalised float tensor (C, H, W) at ``pre.size``."""
+    h, w = pre.size
+    arr = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def open_mask(path: Path, threshold: int) -> np.ndarray:
+    """Binary mask (H, W) at the file's own resolution: pixel > threshold in its grey value."""
+    img = Image.open(path)
+    img.load()
+    return np.asarray(img.convert("L")) > threshold
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if mask.shape == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+
+
+def display_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 array at the model's input size, for overlays."""
+    h, w = size
+    return np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR))

@@ -1,0 +1,62 @@
+"""Load the classifier under audit, safely, in eval mode.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a ``state_dict`` is tensors, and an
+audit tool must never execute code hidden in a pickle it was handed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from audit.config import ModelSource
+
+
+class ModelError(ValueError):
+    """The model cannot be built or its weights do not fit."""
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for bad files
+        raise ModelError(f"{path}: not a loadable state_dict checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: expected a state_dict (mapping of names to tensors), got {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def build_torchvision(arch: str, num_classes: int | None) -> nn.Module:
+    try:
+        builder = torchvision.models.get_model_builder(arch)
+    except ValueError:
+        raise ModelError(f"model.arch: {arch!r} is not a torchvision classification architecture") from None
+    kwargs: dict[str, object] = {"weights": None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return builder(**kwargs)
+
+
+def load_model(src: ModelSource, device: str = "cpu") -> nn.Module:
+    path = src.checkpoint
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if src.kind == "torchscript":
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:
+            raise ModelError(f"{path}: not a TorchScript file ({err})") from None
+    else:
+        model = build_torchvision(src.arch or "", src.num_classes)
+        result = model.load_state_dict(_state_dict(path), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelError(
+                f"{path}: weights do not fit {src.arch} (num_classes={src.num_classes}): "
+                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+    return model.eval().to(device)

@@ -1,0 +1,339 @@
+"""The audit as plain stage functions: prepare -> explain (per shard) -> aggregate -> render.
+
+Stages talk through files in ``<run_dir>/work`` (paths, never tensors or models), so an orchestrator
+(see ``flows/``) can run shards in parallel, retry one, or run them elsewhere; :func:`run_audit` runs
+the same stages in-process without any orchestrator.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from audit import metrics
+from audit.cam import METHODS, ClassIndex, PredictedClass, find_target_layer
+from audit.cam.base import CAM
+from audit.config import AuditConfig, load_config
+from audit.imaging import image_tensor, open_image, open_mask, resize_mask
+from audit.manifest import EXCLUSION_COLUMNS, load_manifest
+from audit.models import load_model
+from audit.provenance import sha256_file, sha256_of_hashes, versions
+from audit.stats import bootstrap_ci, holm, proportion_ci, stratified_permutation_test
+from audit.verdict import decide, flag_images, nan_to_none
+
+PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path")
+N_PERM = 10000
+
+
+def work_dir(cfg: AuditConfig) -> Path:
+    return cfg.run_dir / "work"
+
+
+def shard_output(shard: Path, kind: str) -> Path:
+    """``shard_0003.parquet`` -> ``shard_0003.<kind>`` (result.parquet, exclusions.csv, maps.npz)."""
+    return shard.with_name(shard.name.split(".")[0] + "." + kind)
+
+
+# --------------------------------------------------------------------------- prepare
+def prepare(cfg: AuditConfig) -> list[Path]:
+    """Check the manifest, record exclusions, and split the usable rows into shard files."""
+    work = work_dir(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    for old in work.glob("shard_*"):
+        old.unlink()
+    manifest = load_manifest(cfg)
+    manifest.exclusions.to_csv(work / "exclusions_manifest.csv", index=False)
+    (work / "counts.json").write_text(json.dumps({"rows_read": manifest.rows_read}))
+    inc = manifest.included
+    size = cfg.explain.shard_size
+    shards = []
+    for i, start in enumerate(range(0, len(inc), size)):
+        path = work / f"shard_{i:04d}.parquet"
+        inc.iloc[start : start + size].astype({"row": "int64"}).to_parquet(path, index=False)
+        shards.append(path)
+    return shards
+
+
+# --------------------------------------------------------------------------- explain
+@dataclass
+class Explainer:
+    model: torch.nn.Module
+    cam: CAM
+    layer: str
+    map_size: tuple[int, int]
+
+
+@lru_cache(maxsize=2)
+def _explainer(cfg: AuditConfig) -> Explainer:
+    """One model per worker process, reused across its shards."""
+    model = load_model(cfg.model, cfg.explain.device)
+    h, w = cfg.preprocessing.size
+    probe = torch.zeros(1, cfg.preprocessing.channels, h, w, device=cfg.explain.device)
+    layer = cfg.explain.target_layer
+    if layer == "auto":
+        layer = find_target_layer(model, probe)
+    cam = METHODS[cfg.explain.method](model, layer)
+    out = cam(probe)
+    return Explainer(model, cam, layer, tuple(out.layer_maps.shape[-2:]))
+
+
+def _target(cfg: AuditConfig, labels: list[str]) -> PredictedClass | ClassIndex:
+    t = cfg.explained_target()
+    if t == "predicted":
+        return PredictedClass()
+    if t == "label":
+        return ClassIndex([cfg.data.classes.index(lab) for lab in labels])
+    return ClassIndex(cfg.data.classes.index(t))
+
+
+def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
+    """Explain one shard: per-image metrics to ``*.result.parquet``, layer maps to ``*.maps.npz``."""
+    ex = _explainer(cfg)
+    rows = pd.read_parquet(shard)
+    pre, classes = cfg.preprocessing, cfg.data.classes
+    results, excluded, map_ids, layer_maps = [], [], [], []
+    bs = cfg.explain.batch_size
+    for start in range(0, len(rows), bs):
+        batch = rows.iloc[start : start + bs]
+        xs, ms, cfs, kept = [], [], [], []
+        for _, r in batch.iterrows():
+            try:
+                img = open_image(Path(r["image_path"]), pre.channels)
+                mask = open_mask(Path(r["mask_path"]), cfg.data.mask_threshold)
+                cf = None
+                if isinstance(r.get("counterfactual_path"), str):
+                    cf = image_tensor(open_image(Path(r["counterfactual_path"]), pre.channels), pre)
+            except Exception as err:  # a file that passed the header check but fails to decode
+                excluded.append(
+                    {
+                        "row": int(r["row"]),
+                        "image_id": r["image_id"],
+                        "stage": "explain",
+                        "reason": f"cannot decode: {type(err).__name__}: {err}",
+                    }
+                )
+                continue
+            xs.append(image_tensor(img, pre))
+            ms.append(torch.from_numpy(resize_mask(mask, pre.size)))
+            cfs.append(cf)
+            kept.append(r)
+        if not kept:
+            continue
+        x = torch.stack(xs).to(cfg.explain.device)
+        out = ex.cam(x, _target(cfg, [str(r["label"]) for r in kept]))
+        masks = torch.stack(ms).to(out.maps.device)
+        probs = out.logits.softmax(dim=1)
+        idx = out.target_index
+        explained_p = probs.gather(1, idx[:, None])[:, 0]
+        pred = probs.argmax(dim=1)
+        cols = {
+            "mass_in": metrics.mass_in(out.maps, masks),
+            "area": metrics.area(masks),
+            "focus": metrics.focus(out.maps, masks),
+            "pointing_hit": metrics.pointing_hit(out.maps, masks),
+        }
+        cf_p = cf_pred = None
+        if any(c is not None for c in cfs):
+            have = [i for i, c in enumerate(cfs) if c is not None]
+            with torch.no_grad():
+                cf_probs = ex.model(torch.stack([cfs[i] for i in have]).to(cfg.explain.device)).softmax(dim=1)
+            cf_p = torch.full((len(kept),), float("nan"), dtype=torch.float64)
+            cf_pred = torch.full((len(kept),), -1, dtype=torch.long)
+            sel = torch.as_tensor(have)
+            cf_p[sel] = cf_probs.gather(1, idx[sel, None])[:, 0].double().cpu()
+            cf_pred[sel] = cf_probs.argmax(dim=1).cpu()
+        for i, r in enumerate(kept):
+            rec = {k: r[k] for k in r.index if k not in PATH_COLUMNS}
+            rec.update(
+                predicted=classes[int(pred[i])],
+                probability=float(probs[i, pred[i]]),
+                correct=classes[int(pred[i])] == str(r["label"]),
+                explained=classes[int(idx[i])],
+                explained_probability=float(explained_p[i]),
+                zero_map=bool(out.layer_maps[i].max() <= 0),
+                image_sha256=sha256_file(Path(r["image_path"])),
+                mask_sha256=sha256_file(Path(r["mask_path"])),
+            )
+            rec.update({k: float(v[i]) for k, v in cols.items()})
+            if cf_p is not None:
+                p_cf = float(cf_p[i])
+                rec["counterfactual_probability"] = p_cf
+                rec["counterfactual_delta"] = rec["explained_probability"] - p_cf
+                rec["counterfactual_flips"] = bool(cf_pred[i] >= 0 and int(cf_pred[i]) != int(pred[i]))
+            results.append(rec)
+            map_ids.append(r["image_id"])
+        layer_maps.append(out.layer_maps.detach().cpu().numpy().astype(np.float32))
+    out_path = shard_output(shard, "result.parquet")
+    pd.DataFrame(results).to_parquet(out_path, index=False)
+    pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS).to_csv(shard_output(shard, "exclusions.csv"), index=False)
+    maps = np.concatenate(layer_maps) if layer_maps else np.zeros((0, *ex.map_size), np.float32)
+    np.savez(shard_output(shard, "maps.npz"), ids=np.asarray(map_ids, dtype=str), maps=maps)
+    (work_dir(cfg) / "layer.json").write_text(json.dumps({"layer": ex.layer, "map_size": list(ex.map_size)}))
+    return out_path
+
+
+# --------------------------------------------------------------------------- aggregate
+def _seed(cfg: AuditConfig, *parts: str) -> int:
+    return cfg.stats.seed * 1_000_003 + zlib.crc32("|".join(parts).encode())
+
+
+def _mean_ci(cfg: AuditConfig, values: pd.Series, *key: str) -> tuple[float, float, float]:
+    v = values.dropna().to_numpy(dtype=float)
+    if v.size == 0:
+        return (np.nan, np.nan, np.nan)
+    lo, hi = bootstrap_ci(v, cfg.stats.n_boot, _seed(cfg, *key), cfg.stats.ci_level)
+    return (float(v.mean()), lo, hi)
+
+
+def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
+    """One row per (column, group): n, mean mass_in and focus with bootstrap CIs, flagged share with
+    a Wilson CI, accuracy, and the stratified test of focus against the rest of the audit set."""
+    t = cfg.thresholds
+    judged = images[~images["zero_map"]]
+    rows = []
+    for col in cfg.data.subgroups:
+        for group in sorted(images[col].astype(str).unique()):
+            g = images[images[col].astype(str) == group]
+            n = len(g)
+            rec = {"column": col, "group": group, "n": n, "n_judged": int((~g["zero_map"]).sum())}
+            for metric in ("mass_in", "focus"):
+                m, lo, hi = _mean_ci(cfg, g[metric], col, group, metric)
+                rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+            rec["area_mean"] = float(g["area"].mean())
+            k = int(g["flagged"].sum())
+            lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
+            rec.update({"flagged": k, "flagged_share": k / n, "flagged_ci_low": lo, "flagged_ci_high": hi})
+            rec["accuracy"] = float(g["correct"].mean())
+            if "counterfactual_delta" in g:
+                rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
+                rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
+            in_group = (judged[col].astype(str) == group).to_numpy()
+            if rec["n_judged"] >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
+                stat, p = stratified_permutation_test(
+                    judged["focus"].to_numpy(),
+                    judged["explained"].to_numpy(),
+                    in_group,
+                    N_PERM,
+                    _seed(cfg, col, group, "perm"),
+                )
+            else:
+                stat, p = np.nan, np.nan
+            rec.update({"rank_stat": stat, "p": p})
+            rows.append(rec)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = holm(table["p"].to_numpy())
+    table["status"] = np.where(
+        table["p"].isna(),
+        "too small to judge",
+        np.where((table["p_holm"] < t.alpha) & (table["rank_stat"] < 0.5), "flagged", "ok"),
+    )
+    return table
+
+
+def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
+    """Merge shards into images.parquet, subgroups.csv, exclusions.csv and a summary."""
+    work, run = work_dir(cfg), cfg.run_dir
+    frames = [pd.read_parquet(p) for p in results]
+    images = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    )
+    exclusions = pd.concat(
+        [pd.read_csv(work / "exclusions_manifest.csv", dtype={"image_id": str})]
+        + [pd.read_csv(shard_output(p, "exclusions.csv"), dtype={"image_id": str}) for p in results],
+        ignore_index=True,
+    )
+    exclusions = exclusions.sort_values("row", kind="stable").reset_index(drop=True)
+    rows_read = json.loads((work / "counts.json").read_text())["rows_read"]
+    if images.empty:
+        raise ValueError(
+            f"no usable image in {cfg.data.manifest}: all {rows_read} rows were excluded (see {run / 'exclusions.csv'})"
+        )
+    images = images.sort_values("row", kind="stable").reset_index(drop=True)
+    images["flagged"] = flag_images(images, cfg.thresholds)
+    assert len(images) + len(exclusions) == rows_read, "a manifest row was lost"
+    layer = json.loads((work / "layer.json").read_text())
+    table = subgroup_table(cfg, images)
+    verdict = decide(table, images, tuple(layer["map_size"]), cfg.thresholds)
+    run.mkdir(parents=True, exist_ok=True)
+    images.to_parquet(run / "images.parquet", index=False)
+    table.to_csv(run / "subgroups.csv", index=False, float_format="%.6g")
+    exclusions.to_csv(run / "exclusions.csv", index=False)
+    overall = {}
+    for metric in ("mass_in", "focus", "pointing_hit"):
+        m, lo, hi = _mean_ci(cfg, images[metric], "all", metric)
+        overall[metric] = {"mean": nan_to_none(m), "ci_low": nan_to_none(lo), "ci_high": nan_to_none(hi)}
+    summary = {
+        "verdict": verdict.status,
+        "reasons": verdict.reasons,
+        "rows_read": rows_read,
+        "included": len(images),
+        "excluded": len(exclusions),
+        "flagged_images": int(images["flagged"].sum()),
+        "zero_maps": int(images["zero_map"].sum()),
+        "accuracy": float(images["correct"].mean()),
+        "area_mean": float(images["area"].mean()),
+        "overall": overall,
+        "layer": layer["layer"],
+        "map_size": layer["map_size"],
+        "explained": cfg.explain.target,
+        "data_sha256": sha256_of_hashes(list(images["image_sha256"]) + list(images["mask_sha256"])),
+    }
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# --------------------------------------------------------------------------- provenance + render
+def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finished: datetime) -> Path:
+    summary = json.loads((work_dir(cfg) / "summary.json").read_text())
+    info = {
+        "run_name": cfg.run_name,
+        "config_file": str(config_path),
+        "config": json.loads(cfg.model_dump_json()),
+        "model_sha256": sha256_file(cfg.model.checkpoint),
+        "manifest_sha256": sha256_file(cfg.data.manifest),
+        "data_sha256": summary["data_sha256"],
+        "seeds": {"stats.seed": cfg.stats.seed, "n_boot": cfg.stats.n_boot, "n_permutations": N_PERM},
+        "versions": versions(),
+        "torch_threads": torch.get_num_threads(),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "verdict": summary["verdict"],
+    }
+    path = cfg.run_dir / "run.json"
+    path.write_text(json.dumps(info, indent=2))
+    return path
+
+
+def render(cfg: AuditConfig, config_path: Path, started: datetime) -> dict[str, str]:
+    from audit.report import render_report  # heavy imports (weasyprint) only when rendering
+
+    write_run_info(cfg, config_path, started, datetime.now(UTC))
+    return render_report(cfg)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    verdict: str
+    outputs: dict[str, str]
+
+
+def run_audit(config_path: str | Path) -> RunResult:
+    """All stages in this process, without an orchestrator."""
+    started = datetime.now(UTC)
+    cfg = load_config(config_path)
+    shards = prepare(cfg)
+    results = [explain_shard(cfg, s) for s in shards]
+    summary = aggregate(cfg, results)
+    outputs = render(cfg, Path(config_path), started)
+    return RunResult(cfg.run_dir, summary["verdict"], outputs)

@@ -1,0 +1,131 @@
+"""Render a finished run into a self-contained HTML report and a PDF packet from the same template.
+
+The report reads only the run's own files. Every image is embedded as a ``data:`` URI, and the PDF
+renderer is given a fetcher that allows ``data:`` alone, so it can read nothing else on the machine.
+User-supplied text (ids, group names, reasons) reaches HTML through Jinja2 autoescaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image
+from scipy import ndimage
+
+from audit.cam import upsample
+from audit.config import AuditConfig
+from audit.imaging import display_image, open_mask, resize_mask
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+MAX_THUMBNAILS = 24
+
+METRIC_MEANINGS = {
+    "mass_in": "share of the map's total mass that falls inside the annotated region (Relevance Mass Accuracy)",
+    "area": "share of the image the region covers: the mass_in a uniform, uninformative map would score",
+    "focus": "mass_in / area: 1 = no better than a uniform map; 2 = twice the attention the region's size "
+    "alone would draw",
+    "pointing_hit": "1 if the map's maximum lies inside the region (ties: any maximum inside)",
+    "flagged": "image whose focus is below the configured threshold (spurious focus)",
+    "rank_stat": "the group's mean within-class rank of focus among all images explained for the same "
+    "class (0.5 = typical, lower = less focus than comparable images)",
+    "p_holm": "one-sided stratified permutation test of the group vs the rest, Holm-adjusted over all groups",
+    "counterfactual_delta": "explained-class probability minus the same on the image's counterfactual "
+    "rendering (artifact removed): how much the prediction depends on what was removed",
+}
+
+
+def _png_data_uri(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Image with the CAM (min-max normalised for display only, jet colours) and the mask outline."""
+    span = cam.max() - cam.min()
+    norm = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+    heat = matplotlib.colormaps["jet"](norm)[..., :3] * 255
+    out = (1 - alpha) * image.astype(np.float64) + alpha * heat
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=1)
+    edge = ndimage.binary_dilation(edge, iterations=1)
+    out[edge] = (255, 255, 255)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _thumbnails(cfg: AuditConfig, images: pd.DataFrame, included: pd.DataFrame) -> list[dict]:
+    work = cfg.run_dir / "work"
+    maps: dict[str, np.ndarray] = {}
+    for f in sorted(work.glob("shard_*.maps.npz")):
+        with np.load(f) as z:
+            maps.update(zip(z["ids"].tolist(), z["maps"], strict=True))
+    flagged = images[images["flagged"]].sort_values(["focus", "row"]).head(MAX_THUMBNAILS)
+    paths = included.set_index("image_id")
+    thumbs = []
+    size = cfg.preprocessing.size
+    import torch
+
+    for _, r in flagged.iterrows():
+        cam = upsample(torch.from_numpy(maps[r["image_id"]])[None], size)[0].numpy()
+        img = display_image(Path(paths.loc[r["image_id"], "image_path"]), size)
+        mask = resize_mask(open_mask(Path(paths.loc[r["image_id"], "mask_path"]), cfg.data.mask_threshold), size)
+        thumbs.append(
+            {
+                "uri": _png_data_uri(overlay(img, cam, mask)),
+                "image_id": r["image_id"],
+                "groups": ", ".join(f"{c}={r[c]}" for c in cfg.data.subgroups),
+                "label": r["label"],
+                "predicted": r["predicted"],
+                "focus": r["focus"],
+                "mass_in": r["mass_in"],
+            }
+        )
+    return thumbs
+
+
+def render_report(cfg: AuditConfig) -> dict[str, str]:
+    run = cfg.run_dir
+    work = run / "work"
+    summary = json.loads((work / "summary.json").read_text())
+    info = json.loads((run / "run.json").read_text())
+    images = pd.read_parquet(run / "images.parquet")
+    subgroups = pd.read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
+    exclusions = pd.read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
+    included = pd.concat([pd.read_parquet(p) for p in sorted(work.glob("shard_????.parquet"))], ignore_index=True)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["num"] = lambda v, d=2: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"
+    env.filters["pval"] = lambda v: "–" if v is None or np.isnan(v) else (f"{v:.2g}" if v >= 1e-4 else "<1e-4")
+    context = {
+        "cfg": cfg,
+        "summary": summary,
+        "info": info,
+        "meanings": METRIC_MEANINGS,
+        "groups": subgroups.to_dict("records"),
+        "exclusions": exclusions.to_dict("records"),
+        "thumbnails": _thumbnails(cfg, images, included),
+        "n_flagged": int(images["flagged"].sum()),
+        "has_counterfactual": "counterfactual_delta" in images,
+        "css": (TEMPLATES / "report.css").read_text(),
+    }
+    html = env.get_template("report.html.j2").render(**context)
+    html_path, pdf_path = run / "report.html", run / "report.pdf"
+    html_path.write_text(html, encoding="utf-8")
+    write_pdf(html, pdf_path)
+    return {"html": str(html_path), "pdf": str(pdf_path)}
+
+
+def write_pdf(html: str, target: Path) -> None:
+    from weasyprint import HTML
+    from weasyprint.urls import FatalURLFetchingError, URLFetcher
+
+    fetcher = URLFetcher(allowed_protocols={"data"})
+    try:
+        HTML(string=html, url_fetcher=fetcher).write_pdf(target, pdf_variant="pdf/a-3b")
+    except FatalURLFetchingError as err:  # a BaseException: would crash an orchestrator's task
+        raise RuntimeError(f"PDF rendering tried to fetch a resource: {err}") from None

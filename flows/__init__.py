@@ -1,0 +1,1 @@
+"""Prefect orchestration: thin flows over the Prefect-free ``audit`` library."""

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny generated audit set and a small seeded model, built in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from audit.examples.synth import generate
+from audit.models import build_torchvision
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 generated 64-px images (8 per site) with masks and counterfactuals; returns the manifest path."""
+    root = tmp_path_factory.mktemp("tiny_set")
+    generate(root, 24, seed=5, size=64)
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = build_torchvision("mobilenet_v3_small", 2)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def write_config(path: Path, manifest: Path, model: Path, **overrides: object) -> Path:
+    cfg: dict = {
+        "run_name": "t",
+        "output_dir": str(path.parent / "reports"),
+        "model": {"kind": "torchvision", "arch": "mobilenet_v3_small", "checkpoint": str(model), "num_classes": 2},
+        "preprocessing": {"size": [64, 64]},
+        "explain": {"target_layer": "features.8", "batch_size": 5, "shard_size": 10},
+        "data": {"manifest": str(manifest), "classes": ["nevus", "melanoma"], "subgroups": ["site", "sex"]},
+        "thresholds": {"min_group_size": 5},
+        "stats": {"n_boot": 200, "seed": 1},
+    }
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path

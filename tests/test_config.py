@@ -1,0 +1,84 @@
+"""Config errors name the key; paths resolve against the config file's folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from audit.config import ConfigError, load_config
+
+BASE = {
+    "run_name": "r1",
+    "model": {"arch": "resnet18", "checkpoint": "m.pt", "num_classes": 2},
+    "data": {"manifest": "data/manifest.csv", "classes": ["a", "b"]},
+}
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    p = tmp_path / "audit.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _with(**changes: object) -> dict:
+    cfg = yaml.safe_load(yaml.safe_dump(BASE))
+    for key, value in changes.items():
+        node = cfg
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def test_valid_config_and_relative_paths(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE))
+    assert cfg.model.checkpoint == (tmp_path / "m.pt").resolve()
+    assert cfg.data.manifest == (tmp_path / "data" / "manifest.csv").resolve()
+    assert cfg.run_dir == (tmp_path / "reports" / "r1").resolve()
+    assert cfg.explain.target == "predicted" and cfg.explain.target_layer == "auto"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"thresholds": {"treshold": 1}}, "thresholds.treshold: unknown key"),
+        ({"explain": {"batch_size": "many"}}, "explain.batch_size"),
+        ({"explain": {"batch_size": 0}}, "explain.batch_size"),
+        ({"model__arch": None}, "model.arch is required"),
+        ({"model__kind": "pickle"}, "model.kind"),
+        ({"preprocessing": {"channels": 1}}, "preprocessing.mean needs 1 values"),
+        ({"explain": {"target": "melanoma"}}, "explain.target: 'melanoma'"),
+        ({"run_name": "../escape"}, "run_name"),
+        ({"data__classes": ["only"]}, "data.classes"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, changes: dict, message: str) -> None:
+    data = _with(**{k: v for k, v in changes.items() if "__" in k})
+    data.update({k: v for k, v in changes.items() if "__" not in k})
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    assert message in str(err.value)
+    assert "audit.yaml" in str(err.value)
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    data = _with()
+    del data["data"]
+    with pytest.raises(ConfigError, match="data: Field required"):
+        load_config(_write(tmp_path, data))
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)

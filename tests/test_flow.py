@@ -1,0 +1,101 @@
+"""The whole audit, end to end on a tiny set: through the Prefect flow and without it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import write_config
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture
+def hostile_set(tiny_set: Path, tmp_path: Path) -> Path:
+    """The tiny set with an HTML-hostile subgroup value and one unusable row."""
+    root = tmp_path / "set"
+    shutil.copytree(tiny_set.parent, root)
+    df = pd.read_csv(root / "manifest.csv")
+    df.loc[df["site"] == "site_b", "site"] = "<script>alert(1)</script>"
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "image_id": "ghost", "image_path": "images/ghost.png"}
+    df.to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_flow_end_to_end(prefect_harness: None, hostile_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from flows.audit_flow import audit_flow
+
+    config = write_config(tmp_path / "audit.yaml", hostile_set, tiny_model)
+    result = audit_flow(str(config))
+    run = tmp_path / "reports" / "t"
+    for name in ("report.html", "report.pdf", "images.parquet", "subgroups.csv", "exclusions.csv", "run.json"):
+        assert (run / name).is_file(), name
+    assert result["verdict"] in ("pass", "warn", "fail")
+
+    images = pd.read_parquet(run / "images.parquet")
+    exclusions = pd.read_csv(run / "exclusions.csv")
+    assert len(images) + len(exclusions) == 25
+    assert exclusions["image_id"].tolist() == ["ghost"]
+    assert {"mass_in", "area", "focus", "pointing_hit", "predicted", "probability", "correct"} <= set(images)
+    assert ((images["mass_in"] >= 0) & (images["mass_in"] <= 1)).all()
+    assert (images["focus"] - images["mass_in"] / images["area"]).abs().max() < 1e-9
+
+    subgroups = pd.read_csv(run / "subgroups.csv")
+    assert set(subgroups["column"]) == {"site", "sex"}
+    assert subgroups.groupby("column")["n"].sum().eq(24).all()
+    assert (subgroups["mass_in_ci_low"] <= subgroups["mass_in_mean"]).all()
+    assert (subgroups["mass_in_mean"] <= subgroups["mass_in_ci_high"]).all()
+
+    html = (run / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "ghost" in html and "image not found" in html
+    assert (run / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    info = pd.read_json(run / "run.json", typ="series")
+    assert len(info["model_sha256"]) == 64 and info["versions"]["torch"]
+
+
+def test_same_inputs_give_identical_numbers(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from audit.pipeline import run_audit
+
+    outputs = []
+    for name in ("a", "b"):
+        config = write_config(tmp_path / f"{name}.yaml", tiny_set, tiny_model, run_name=name)
+        run_audit(config)
+        run = tmp_path / "reports" / name
+        outputs.append(((run / "images.parquet").read_bytes(), (run / "subgroups.csv").read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_explaining_the_label_and_a_fixed_class(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from audit.pipeline import run_audit
+
+    for target in ("label", "melanoma"):
+        config = write_config(tmp_path / f"{target}.yaml", tiny_set, tiny_model, run_name=target)
+        config.write_text(config.read_text().replace("target_layer:", f"target: {target}\n  target_layer:"))
+        run_audit(config)
+        images = pd.read_parquet(tmp_path / "reports" / target / "images.parquet")
+        expected = images["label"] if target == "label" else pd.Series(["melanoma"] * len(images))
+        assert images["explained"].tolist() == expected.tolist()
+
+
+def test_library_never_imports_prefect() -> None:
+    code = (
+        "import sys, audit.pipeline, audit.report, audit.examples.demo, audit.cam;"
+        "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules) else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -53,7 +53,10 @@ def load_model(src: ModelSource, device: str = "cpu") -> nn.Module:
             raise ModelError(f"{path}: not a TorchScript file ({err})") from None
     else:
         model = build_torchvision(src.arch or "", src.num_classes)
-        result = model.load_state_dict(_state_dict(path), strict=False)
+        try:
+            result = model.load_state_dict(_state_dict(path), strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ModelError(f"{path}: weights do not fit {src.arch} (num_classes={src.num_classes}): {err}") from None
         if result.missing_keys or result.unexpected_keys:
             raise ModelError(
                 f"{path}: weights do not fit {src.arch} (num_classes={src.num_classes}): "

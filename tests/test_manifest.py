@@ -81,5 +81,5 @@ def test_missing_columns_and_files_are_errors(tiny_set: Path, tmp_path: Path) ->
         load_manifest(_cfg(tmp_path / "none.csv"))
     txt = tmp_path / "m.txt"
     txt.write_text("x")
-    with pytest.raises(ManifestError, match=".csv or .parquet"):
+    with pytest.raises(ManifestError, match=r"\.csv or \.parquet"):
         load_manifest(_cfg(txt))

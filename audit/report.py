@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
 from scipy import ndimage
@@ -22,9 +23,11 @@ from scipy import ndimage
 from audit.cam import upsample
 from audit.config import AuditConfig
 from audit.imaging import display_image, open_mask, resize_mask
+from audit.stats import within_stratum_ranks
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-MAX_THUMBNAILS = 24
+MAX_THUMBNAILS = 16
+THUMBS_PER_GROUP = 12
 
 METRIC_MEANINGS = {
     "mass_in": "share of the map's total mass that falls inside the annotated region (Relevance Mass Accuracy)",
@@ -59,34 +62,58 @@ def overlay(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, alpha: float =
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _thumbnails(cfg: AuditConfig, images: pd.DataFrame, included: pd.DataFrame) -> list[dict]:
-    work = cfg.run_dir / "work"
+def _load_maps(work: Path) -> dict[str, np.ndarray]:
     maps: dict[str, np.ndarray] = {}
     for f in sorted(work.glob("shard_*.maps.npz")):
         with np.load(f) as z:
             maps.update(zip(z["ids"].tolist(), z["maps"], strict=True))
-    flagged = images[images["flagged"]].sort_values(["focus", "row"]).head(MAX_THUMBNAILS)
-    paths = included.set_index("image_id")
-    thumbs = []
-    size = cfg.preprocessing.size
-    import torch
+    return maps
 
-    for _, r in flagged.iterrows():
-        cam = upsample(torch.from_numpy(maps[r["image_id"]])[None], size)[0].numpy()
-        img = display_image(Path(paths.loc[r["image_id"], "image_path"]), size)
-        mask = resize_mask(open_mask(Path(paths.loc[r["image_id"], "mask_path"]), cfg.data.mask_threshold), size)
-        thumbs.append(
+
+def _thumb(cfg: AuditConfig, r: pd.Series, cam_map: np.ndarray, paths: pd.DataFrame) -> dict:
+    size = cfg.preprocessing.size
+    cam = upsample(torch.from_numpy(cam_map)[None], size)[0].numpy()
+    img = display_image(Path(paths.loc[r["image_id"], "image_path"]), size)
+    mask = resize_mask(open_mask(Path(paths.loc[r["image_id"], "mask_path"]), cfg.data.mask_threshold), size)
+    return {
+        "uri": _png_data_uri(overlay(img, cam, mask)),
+        "image_id": r["image_id"],
+        "groups": ", ".join(f"{c}={r[c]}" for c in cfg.data.subgroups),
+        "label": r["label"],
+        "predicted": r["predicted"],
+        "focus": r["focus"],
+        "mass_in": r["mass_in"],
+    }
+
+
+def thumbnail_sections(
+    cfg: AuditConfig, images: pd.DataFrame, subgroups: pd.DataFrame, included: pd.DataFrame
+) -> list[dict]:
+    """Examples a reviewer should see: for each flagged subgroup, its images with the least focus
+    compared with images explained for the same class; then the lowest-focus flagged images overall."""
+    maps = _load_maps(cfg.run_dir / "work")
+    paths = included.set_index("image_id")
+    judged = images[~images["zero_map"]].copy()
+    judged["rank"] = within_stratum_ranks(judged["focus"].to_numpy(), judged["explained"].to_numpy())
+    sections = []
+    for _, g in subgroups[subgroups["status"] == "flagged"].iterrows():
+        members = judged[judged[g["column"]].astype(str) == str(g["group"])].sort_values(["rank", "row"])
+        sections.append(
             {
-                "uri": _png_data_uri(overlay(img, cam, mask)),
-                "image_id": r["image_id"],
-                "groups": ", ".join(f"{c}={r[c]}" for c in cfg.data.subgroups),
-                "label": r["label"],
-                "predicted": r["predicted"],
-                "focus": r["focus"],
-                "mass_in": r["mass_in"],
+                "title": f"{g['column']} = {g['group']}: least focus compared with images of the same explained class",
+                "thumbs": [
+                    _thumb(cfg, r, maps[r["image_id"]], paths) for _, r in members.head(THUMBS_PER_GROUP).iterrows()
+                ],
             }
         )
-    return thumbs
+    flagged = images[images["flagged"]].sort_values(["focus", "row"]).head(MAX_THUMBNAILS)
+    sections.append(
+        {
+            "title": f"lowest-focus flagged images (focus < {cfg.thresholds.focus}), all groups",
+            "thumbs": [_thumb(cfg, r, maps[r["image_id"]], paths) for _, r in flagged.iterrows()],
+        }
+    )
+    return sections
 
 
 def render_report(cfg: AuditConfig) -> dict[str, str]:
@@ -108,7 +135,7 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
         "meanings": METRIC_MEANINGS,
         "groups": subgroups.to_dict("records"),
         "exclusions": exclusions.to_dict("records"),
-        "thumbnails": _thumbnails(cfg, images, included),
+        "sections": thumbnail_sections(cfg, images, subgroups, included),
         "n_flagged": int(images["flagged"].sum()),
         "has_counterfactual": "counterfactual_delta" in images,
         "css": (TEMPLATES / "report.css").read_text(),

@@ -10,6 +10,7 @@ import pandas as pd
 def counterfactual_table(images: pd.DataFrame) -> pd.DataFrame:
     """Per site and ink presence: n, mean explained-class probability with and without the ink,
     and the share of predictions that change when it is removed."""
+    images = images.assign(has_artifact=images["has_artifact"].astype(str).str.lower() == "true")
     g = images.groupby(["site", "has_artifact"])
     return pd.DataFrame(
         {

@@ -6,6 +6,7 @@ audit tool must never execute code hidden in a pickle it was handed.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ def load_model(src: ModelSource, device: str = "cpu") -> nn.Module:
         raise ModelError(f"{path}: model file not found")
     if src.kind == "torchscript":
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
             raise ModelError(f"{path}: not a TorchScript file ({err})") from None
     else:

@@ -121,3 +121,19 @@ def test_targets() -> None:
     assert idx.tolist() == [2, 1] and score.tolist() == [-1.0, 0.0]
     with pytest.raises(ValueError, match="3 target indices"):
         ClassIndex([0, 1, 2])(logits)
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+@pytest.mark.parametrize(("arch", "layer"), [("resnet18", "layer4"), ("densenet121", "features")])
+def test_torchscript_maps_equal_the_eager_model(tmp_path, how: str, arch: str, layer: str) -> None:
+    torch.manual_seed(0)
+    model = build_torchvision(arch, 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    scripted = torch.jit.script(model) if how == "script" else torch.jit.trace(model, x)
+    torch.jit.save(scripted, tmp_path / "m.ts")
+    loaded = torch.jit.load(str(tmp_path / "m.ts"))
+    assert find_target_layer(loaded, x[:1]) == layer
+    eager, compiled = GradCAM(model, layer)(x), GradCAM(loaded, layer)(x)
+    torch.testing.assert_close(compiled.layer_maps, eager.layer_maps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-5, rtol=1e-4)
+    assert all(p.grad is None for p in loaded.parameters())

@@ -99,3 +99,28 @@ def test_library_never_imports_prefect() -> None:
         "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_torchscript_model_gives_the_same_audit(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+
+    from audit.models import build_torchvision
+    from audit.pipeline import run_audit
+
+    model = build_torchvision("mobilenet_v3_small", 2)
+    model.load_state_dict(torch.load(tiny_model, weights_only=True))
+    torch.jit.save(torch.jit.script(model.eval()), tmp_path / "model.ts")
+    eager = write_config(tmp_path / "eager.yaml", tiny_set, tiny_model, run_name="eager")
+    scripted = write_config(
+        tmp_path / "ts.yaml",
+        tiny_set,
+        tmp_path / "model.ts",
+        run_name="ts",
+        **{"model.kind": "torchscript"},
+    )
+    run_audit(eager)
+    run_audit(scripted)
+    a = pd.read_parquet(tmp_path / "reports" / "eager" / "images.parquet")
+    b = pd.read_parquet(tmp_path / "reports" / "ts" / "images.parquet")
+    assert a["predicted"].tolist() == b["predicted"].tolist()
+    pd.testing.assert_series_equal(a["mass_in"], b["mass_in"], atol=1e-5, rtol=1e-4)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.cam.targets import PredictedClass, Target
+from audit.cam.torchscript import forward_with_activation, top_level_layers
 
 
 @dataclass
@@ -43,6 +44,8 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     This is "the last convolutional layer" in the Grad-CAM sense: the deepest feature map before
     global pooling. Found by one dry forward pass, so it works for any architecture.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        return _find_scripted_target_layer(model, example)
     finished: list[tuple[str, tuple[int, ...]]] = []
     handles = []
     for name, module in model.named_modules():
@@ -63,6 +66,21 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     spatial = [n for n, s in finished if len(s) == 4 and s[2] * s[3] > 1]
     if not spatial:
         raise ValueError("no module produces a spatial (N, C, H, W) feature map; name a target layer")
+    return spatial[-1]
+
+
+def _find_scripted_target_layer(model: torch.jit.ScriptModule, example: torch.Tensor) -> str:
+    spatial = []
+    with torch.no_grad():
+        for name in top_level_layers(model):
+            try:
+                _, activation = forward_with_activation(model, name)(example)
+            except (KeyError, RuntimeError):
+                continue
+            if activation.dim() == 4 and activation.shape[2] * activation.shape[3] > 1:
+                spatial.append(name)
+    if not spatial:
+        raise ValueError("no top-level module of this TorchScript model produces a spatial feature map")
     return spatial[-1]
 
 
@@ -113,22 +131,33 @@ class CAM:
         self.model = model
         self.target_layer = target_layer
         self.layer = resolve_layer(model, target_layer)
+        self._scripted = (
+            forward_with_activation(model, target_layer) if isinstance(model, torch.jit.ScriptModule) else None
+        )
 
     def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) activation and gradient -> (B, h, w) map before ReLU."""
         raise NotImplementedError
 
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, activation) with the activation in the autograd graph of the logits."""
+        if self._scripted is not None:  # no hooks in compiled graphs: the graph returns the activation
+            return self._scripted(x.detach().requires_grad_(True))
+        with captured(self.layer) as store:
+            logits = self.model(x)
+        if "activation" not in store:
+            raise RuntimeError(f"target layer {self.target_layer!r} was not run by the forward pass")
+        return logits, store["activation"]
+
     def __call__(self, x: torch.Tensor, target: Target | None = None) -> CAMOutput:
         target = target or PredictedClass()
-        with frozen(self.model), captured(self.layer) as store, torch.enable_grad():
-            logits = self.model(x)
-            if "activation" not in store:
-                raise RuntimeError(f"target layer {self.target_layer!r} was not run by the forward pass")
-            activation = store["activation"]
+        with frozen(self.model), torch.enable_grad():
+            logits, activation = self._forward(x)
             score, index = target(logits)
             gradient = torch.autograd.grad(score.sum(), activation)[0]
         with torch.no_grad():
-            layer_maps = F.relu(self.layer_map(activation.detach(), gradient))
+            activation = activation.detach()
+            layer_maps = F.relu(self.layer_map(activation, gradient))
             maps = upsample(layer_maps, tuple(x.shape[-2:]))
         return CAMOutput(maps=maps, layer_maps=layer_maps, logits=logits.detach(), target_index=index)
 

@@ -40,8 +40,18 @@ def train_classifier(
     batch_size: int = 64,
     seed: int = 0,
 ) -> nn.Module:
-    torch.manual_seed(seed)
+    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(manifest, out, classes, arch, epochs, batch_size, seed)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(
+    manifest: Path, out: Path, classes: tuple[str, ...], arch: str, epochs: int, batch_size: int, seed: int
+) -> nn.Module:
+    torch.manual_seed(seed)
     x, y = load_split(manifest, classes)
     model = build_torchvision(arch, len(classes))
     for m in model.modules():  # torchvision's MobileNetV3 uses momentum 0.01: too slow for a short run

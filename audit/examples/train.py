@@ -75,7 +75,7 @@ def _train(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f}", flush=True)
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)

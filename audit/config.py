@@ -69,7 +69,7 @@ class Explain(_Strict):
     spatial feature map before pooling).
     """
 
-    method: Literal["gradcam"] = "gradcam"
+    method: Literal["gradcam", "hirescam", "gradcam++", "layercam", "scorecam"] = "gradcam"
     target: str = "predicted"
     target_layer: str = "auto"
     batch_size: int = Field(default=32, ge=1)

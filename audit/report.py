@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -151,6 +152,8 @@ def write_pdf(html: str, target: Path) -> None:
     from weasyprint import HTML
     from weasyprint.urls import FatalURLFetchingError, URLFetcher
 
+    # WeasyPrint warns once per font that it subsets with fontTools (no libharfbuzz-subset here): noise
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
     fetcher = URLFetcher(allowed_protocols={"data"})
     try:
         HTML(string=html, url_fetcher=fetcher).write_pdf(target, pdf_variant="pdf/a-3b")

@@ -1,7 +1,7 @@
 """The explanation engine: makes maps, knows nothing of masks, subgroups or reports."""
 
 from audit.cam.base import CAM, CAMOutput, find_target_layer, upsample
-from audit.cam.methods import METHODS, GradCAM
+from audit.cam.methods import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
 from audit.cam.targets import ClassIndex, PredictedClass, Target
 
 __all__ = [
@@ -10,7 +10,11 @@ __all__ = [
     "CAMOutput",
     "ClassIndex",
     "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
     "PredictedClass",
+    "ScoreCAM",
     "Target",
     "find_target_layer",
     "upsample",

@@ -38,6 +38,15 @@ class CAMOutput:
     target_index: torch.Tensor  # (B,) explained class per image
 
 
+@dataclass
+class Context:
+    """What a method may need besides activation and gradient (Score-CAM re-scores masked inputs)."""
+
+    x: torch.Tensor
+    index: torch.Tensor
+    score: torch.Tensor
+
+
 def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     """Name of the last module whose output is a spatial feature map (4-D, more than 1x1).
 
@@ -111,9 +120,9 @@ def captured(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        leaf = out.detach().requires_grad_(True)
+        leaf = out.detach().requires_grad_(True)  # autograd records nothing before this point
         store["activation"] = leaf
-        return leaf.clone()
+        return leaf.clone()  # in-place ops downstream (DenseNet's relu_) act on the copy
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -123,7 +132,10 @@ def captured(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
 
 class CAM:
-    """Base class. Subclasses implement :meth:`layer_map` (activation, gradient -> raw map)."""
+    """Base class. Subclasses implement :meth:`layer_map` (activation, gradient -> raw map).
+
+    ``needs_gradient = False`` (Score-CAM) skips autograd entirely.
+    """
 
     needs_gradient = True
 
@@ -135,14 +147,19 @@ class CAM:
             forward_with_activation(model, target_layer) if isinstance(model, torch.jit.ScriptModule) else None
         )
 
-    def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor | None, context: Context) -> torch.Tensor:
         """(B, K, h, w) activation and gradient -> (B, h, w) map before ReLU."""
         raise NotImplementedError
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, activation) with the activation in the autograd graph of the logits."""
+        """(logits, the layer's output as the layer produced it, in the logits' autograd graph).
+
+        This matters only when an in-place op follows the layer (DenseNet applies ``relu_`` to its
+        features): we, like captum, explain the layer's own output; torchcam's stored reference is
+        modified by that op, so it explains ReLU(output) instead.
+        """
         if self._scripted is not None:  # no hooks in compiled graphs: the graph returns the activation
-            return self._scripted(x.detach().requires_grad_(True))
+            return self._scripted(x.detach().requires_grad_(self.needs_gradient))
         with captured(self.layer) as store:
             logits = self.model(x)
         if "activation" not in store:
@@ -151,13 +168,14 @@ class CAM:
 
     def __call__(self, x: torch.Tensor, target: Target | None = None) -> CAMOutput:
         target = target or PredictedClass()
-        with frozen(self.model), torch.enable_grad():
+        with frozen(self.model), torch.set_grad_enabled(self.needs_gradient):
             logits, activation = self._forward(x)
             score, index = target(logits)
-            gradient = torch.autograd.grad(score.sum(), activation)[0]
+            gradient = torch.autograd.grad(score.sum(), activation)[0] if self.needs_gradient else None
         with torch.no_grad():
             activation = activation.detach()
-            layer_maps = F.relu(self.layer_map(activation, gradient))
+            context = Context(x=x, index=index, score=score.detach())
+            layer_maps = F.relu(self.layer_map(activation, gradient, context))
             maps = upsample(layer_maps, tuple(x.shape[-2:]))
         return CAMOutput(maps=maps, layer_maps=layer_maps, logits=logits.detach(), target_index=index)
 

@@ -59,7 +59,7 @@ def _escaping_tensor(graph: torch._C.Graph, layer: str) -> torch._C.Value:
 
 def _detach_downstream(graph: torch._C.Graph, value: torch._C.Value) -> None:
     """Route every later use of ``value`` through a clone, so in-place ops downstream (DenseNet's
-    ``relu_`` on its features) modify the copy and the returned activation keeps the layer's output."""
+    ``relu_``) modify the copy and ``value`` stays the layer's own output, as in the eager path."""
     none = graph.insertConstant(None)
     none.node().moveAfter(value.node())
     clone = graph.create("aten::clone", [value, none])
@@ -71,17 +71,18 @@ def _detach_downstream(graph: torch._C.Graph, value: torch._C.Value) -> None:
 
 
 def forward_with_activation(model: torch.jit.ScriptModule, layer: str) -> Callable[[torch.Tensor], tuple]:
-    """A function ``x -> (logits, activation of layer)`` for a scripted or traced model."""
+    """A function ``x -> (logits, the layer's output)`` for a scripted or traced model."""
     graph = model.forward.graph.copy()
     torch._C._jit_pass_inline(graph)
     activation = _escaping_tensor(graph, layer)
     _detach_downstream(graph, activation)
     ret = graph.return_node()
     logits = ret.inputsAt(0)
-    pair = graph.create("prim::TupleConstruct", [logits, activation])
-    pair.insertBefore(ret)
-    pair.output().setType(torch._C.TupleType([logits.type(), activation.type()]))
-    ret.replaceInput(0, pair.output())
+    outputs = [logits, activation]
+    triple = graph.create("prim::TupleConstruct", outputs)
+    triple.insertBefore(ret)
+    triple.output().setType(torch._C.TupleType([v.type() for v in outputs]))
+    ret.replaceInput(0, triple.output())
     fn = torch._C._create_function_from_graph(f"forward_with_{layer.replace('.', '_')}", graph)
     return lambda x: fn(model._c, x)
 

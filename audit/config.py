@@ -27,10 +27,10 @@ class ModelSource(_Strict):
 
     ``torchvision``: an architecture name from ``torchvision.models`` plus a ``state_dict`` checkpoint
     (loaded with ``weights_only=True``: never unpickle untrusted files). ``torchscript``: a file from
-    ``torch.jit.save``.
+    ``torch.jit.save`` (scripted or traced). ``onnx``: the ``.onnx`` file that ships, run by onnxruntime.
     """
 
-    kind: Literal["torchvision", "torchscript"] = "torchvision"
+    kind: Literal["torchvision", "torchscript", "onnx"] = "torchvision"
     arch: str | None = None
     checkpoint: Path
     num_classes: int | None = Field(default=None, ge=1)

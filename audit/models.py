@@ -47,6 +47,13 @@ def load_model(src: ModelSource, device: str = "cpu") -> nn.Module:
     path = src.checkpoint
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    if src.kind == "onnx":
+        from audit.cam.onnx import OnnxModel
+
+        try:
+            return OnnxModel(path).to(device)
+        except Exception as err:  # onnx raises DecodeError, ValidationError, ...
+            raise ModelError(f"{path}: not a usable ONNX classifier ({type(err).__name__}: {err})") from None
     if src.kind == "torchscript":
         try:
             with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated

@@ -3,7 +3,7 @@
     .venv/bin/python bench/engine.py [--device cuda] [--batch 16] [--size 224] [--repeats 5]
 
 Ratios (targets from issue #3): ours / plain inference (<= 1.15), pytorch-grad-cam / ours (>= 3),
-torchcam / ours (>= 1.5). Timings interleave the contenders round by round so that machine noise
+torchcam / ours (>= 1.5), and our ONNX path (onnxruntime backbone + torch head) / our torch path. Timings interleave the contenders round by round so that machine noise
 hits them alike; each number is the median over rounds. Missing optional libraries are reported,
 not faked (``pip install -e '.[bench]'``).
 """
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from audit.cam import GradCAM, PredictedClass
+from audit.cam.onnx import OnnxModel
 from audit.models import build_torchvision
 
 LAYERS = {"resnet50": "layer4", "densenet121": "features", "resnet18": "layer4"}
@@ -26,6 +29,20 @@ LAYERS = {"resnet50": "layer4", "densenet121": "features", "resnet18": "layer4"}
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _onnx_twin(model: torch.nn.Module, x: torch.Tensor) -> OnnxModel:
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    torch.onnx.export(
+        model,
+        (x[:1],),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return OnnxModel(path)
 
 
 def contenders(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -41,6 +58,9 @@ def contenders(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict[str,
     ours = GradCAM(model, layer)
     out["plain inference"] = plain
     out["ours (Grad-CAM)"] = lambda: ours(x, PredictedClass()).maps
+    if x.device.type == "cpu":  # the ONNX path runs through onnxruntime's CPU provider
+        onnx_cam = GradCAM(_onnx_twin(model, x), layer)
+        out["ours, ONNX file"] = lambda: onnx_cam(x, PredictedClass()).maps
     try:
         from torchcam.methods import GradCAM as TorchcamGradCAM
 
@@ -103,6 +123,8 @@ def main() -> None:
             print(f"  pytorch-grad-cam / ours     = {t['pytorch-grad-cam'] / ours:.2f}   (target >= 3)")
         if "torchcam" in t:
             print(f"  torchcam / ours             = {t['torchcam'] / ours:.2f}   (target >= 1.5)")
+        if "ours, ONNX file" in t:
+            print(f"  ONNX path / torch path      = {t['ours, ONNX file'] / ours:.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audit.cam.onnx import LeafForward, OnnxModel
 from audit.cam.targets import PredictedClass, Target
 from audit.cam.torchscript import forward_with_activation, top_level_layers
 
@@ -53,6 +54,8 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     This is "the last convolutional layer" in the Grad-CAM sense: the deepest feature map before
     global pooling. Found by one dry forward pass, so it works for any architecture.
     """
+    if isinstance(model, OnnxModel):
+        return model.find_target_layer(example)
     if isinstance(model, torch.jit.ScriptModule):
         return _find_scripted_target_layer(model, example)
     finished: list[tuple[str, tuple[int, ...]]] = []
@@ -131,6 +134,30 @@ def captured(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         handle.remove()
 
 
+def activation_source(model: nn.Module, layer: str) -> LeafForward:
+    """``(x, needs_grad) -> (logits, activation)`` for an eager, TorchScript or ONNX model.
+
+    The activation is the layer's output as the layer produced it, in the logits' autograd graph
+    (when gradients are needed). In-place ops after the layer (DenseNet applies ``relu_`` to its
+    features) act on a copy, as in captum; torchcam's stored reference is modified by them instead.
+    """
+    if isinstance(model, OnnxModel):
+        return model.forward_with_activation(layer)
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks in compiled graphs: rewrite the graph
+        scripted = forward_with_activation(model, layer)
+        return lambda x, needs_grad: scripted(x.detach().requires_grad_(needs_grad))
+    module = resolve_layer(model, layer)
+
+    def hooked(x: torch.Tensor, needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with captured(module) as store:
+            logits = model(x)
+        if "activation" not in store:
+            raise RuntimeError(f"target layer {layer!r} was not run by the forward pass")
+        return logits, store["activation"]
+
+    return hooked
+
+
 class CAM:
     """Base class. Subclasses implement :meth:`layer_map` (activation, gradient -> raw map).
 
@@ -142,29 +169,14 @@ class CAM:
     def __init__(self, model: nn.Module, target_layer: str) -> None:
         self.model = model
         self.target_layer = target_layer
-        self.layer = resolve_layer(model, target_layer)
-        self._scripted = (
-            forward_with_activation(model, target_layer) if isinstance(model, torch.jit.ScriptModule) else None
-        )
+        self._forward_fn = activation_source(model, target_layer)
 
     def layer_map(self, activation: torch.Tensor, gradient: torch.Tensor | None, context: Context) -> torch.Tensor:
         """(B, K, h, w) activation and gradient -> (B, h, w) map before ReLU."""
         raise NotImplementedError
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, the layer's output as the layer produced it, in the logits' autograd graph).
-
-        This matters only when an in-place op follows the layer (DenseNet applies ``relu_`` to its
-        features): we, like captum, explain the layer's own output; torchcam's stored reference is
-        modified by that op, so it explains ReLU(output) instead.
-        """
-        if self._scripted is not None:  # no hooks in compiled graphs: the graph returns the activation
-            return self._scripted(x.detach().requires_grad_(self.needs_gradient))
-        with captured(self.layer) as store:
-            logits = self.model(x)
-        if "activation" not in store:
-            raise RuntimeError(f"target layer {self.target_layer!r} was not run by the forward pass")
-        return logits, store["activation"]
+        return self._forward_fn(x, self.needs_gradient)
 
     def __call__(self, x: torch.Tensor, target: Target | None = None) -> CAMOutput:
         target = target or PredictedClass()

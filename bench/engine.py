@@ -3,7 +3,8 @@
     .venv/bin/python bench/engine.py [--device cuda] [--batch 16] [--size 224] [--repeats 5]
 
 Ratios (targets from issue #3): ours / plain inference (<= 1.15), pytorch-grad-cam / ours (>= 3),
-torchcam / ours (>= 1.5), and our ONNX path (onnxruntime backbone + torch head) / our torch path. Timings interleave the contenders round by round so that machine noise
+torchcam / ours (>= 1.5), and our ONNX path (onnxruntime backbone + torch head) / our torch path.
+Timings interleave the contenders round by round so that machine noise
 hits them alike; each number is the median over rounds. Missing optional libraries are reported,
 not faked (``pip install -e '.[bench]'``).
 """

@@ -28,18 +28,34 @@ class ModelSource(_Strict):
     ``torchvision``: an architecture name from ``torchvision.models`` plus a ``state_dict`` checkpoint
     (loaded with ``weights_only=True``: never unpickle untrusted files). ``torchscript``: a file from
     ``torch.jit.save`` (scripted or traced). ``onnx``: the ``.onnx`` file that ships, run by onnxruntime.
+    ``factory``: ``file.py:function`` or ``package.module:function`` returning an ``nn.Module`` (the
+    team's own model code, trusted as such), with an optional ``state_dict`` checkpoint.
     """
 
-    kind: Literal["torchvision", "torchscript", "onnx"] = "torchvision"
+    kind: Literal["torchvision", "torchscript", "onnx", "factory"] = "torchvision"
     arch: str | None = None
-    checkpoint: Path
+    factory: str | None = None
+    checkpoint: Path | None = None
     num_classes: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _arch_for_torchvision(self) -> ModelSource:
+    def _required_per_kind(self) -> ModelSource:
         if self.kind == "torchvision" and not self.arch:
             raise ValueError("model.arch is required when model.kind is 'torchvision'")
+        if self.kind == "factory":
+            if not self.factory or ":" not in self.factory:
+                raise ValueError("model.factory must be 'path/to/file.py:function' or 'package.module:function'")
+        elif self.checkpoint is None:
+            raise ValueError(f"model.checkpoint is required when model.kind is {self.kind!r}")
         return self
+
+    @property
+    def identity_file(self) -> Path:
+        """The file whose SHA-256 identifies the model: the checkpoint, else the factory's file."""
+        if self.checkpoint is not None:
+            return self.checkpoint
+        target = (self.factory or "").rsplit(":", 1)[0]
+        return Path(target)
 
 
 class Preprocessing(_Strict):
@@ -141,10 +157,16 @@ def _resolve(base: Path, cfg: AuditConfig) -> AuditConfig:
     def absolute(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
+    model_update: dict[str, object] = {}
+    if cfg.model.checkpoint is not None:
+        model_update["checkpoint"] = absolute(cfg.model.checkpoint)
+    if cfg.model.factory and ".py:" in cfg.model.factory:
+        file, func = cfg.model.factory.rsplit(":", 1)
+        model_update["factory"] = f"{absolute(Path(file))}:{func}"
     return cfg.model_copy(
         update={
             "output_dir": absolute(cfg.output_dir),
-            "model": cfg.model.model_copy(update={"checkpoint": absolute(cfg.model.checkpoint)}),
+            "model": cfg.model.model_copy(update=model_update),
             "data": cfg.data.model_copy(update={"manifest": absolute(cfg.data.manifest)}),
         }
     )

@@ -299,7 +299,7 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
         "run_name": cfg.run_name,
         "config_file": str(config_path),
         "config": json.loads(cfg.model_dump_json()),
-        "model_sha256": sha256_file(cfg.model.checkpoint),
+        "model_sha256": sha256_file(cfg.model.identity_file),
         "manifest_sha256": sha256_file(cfg.data.manifest),
         "data_sha256": summary["data_sha256"],
         "seeds": {"stats.seed": cfg.stats.seed, "n_boot": cfg.stats.n_boot, "n_permutations": N_PERM},

@@ -53,6 +53,8 @@ def test_valid_config_and_relative_paths(tmp_path: Path) -> None:
         ({"explain": {"target": "melanoma"}}, "explain.target: 'melanoma'"),
         ({"run_name": "../escape"}, "run_name"),
         ({"data__classes": ["only"]}, "data.classes"),
+        ({"model": {"kind": "onnx"}}, "model.checkpoint is required when model.kind is 'onnx'"),
+        ({"model": {"kind": "factory", "factory": "nofunction.py"}}, "model.factory must be"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, changes: dict, message: str) -> None:
@@ -82,3 +84,11 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     scalar.write_text("42")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(scalar)
+
+
+def test_factory_path_resolves_against_the_config(tmp_path: Path) -> None:
+    data = _with()
+    data["model"] = {"kind": "factory", "factory": "models/net.py:build"}
+    cfg = load_config(_write(tmp_path, data))
+    assert cfg.model.factory == f"{(tmp_path / 'models' / 'net.py').resolve()}:build"
+    assert cfg.model.identity_file == (tmp_path / "models" / "net.py").resolve()

@@ -46,7 +46,9 @@ def _onnx_twin(model: torch.nn.Module, x: torch.Tensor) -> OnnxModel:
     return OnnxModel(path)
 
 
-def contenders(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+def contenders(
+    model: torch.nn.Module, layer: str, x: torch.Tensor, with_onnx: bool = True
+) -> dict[str, Callable[[], object]]:
     module = dict(model.named_modules())[layer]
     with torch.no_grad():
         idx = model(x).argmax(dim=1).tolist()
@@ -59,7 +61,7 @@ def contenders(model: torch.nn.Module, layer: str, x: torch.Tensor) -> dict[str,
     ours = GradCAM(model, layer)
     out["plain inference"] = plain
     out["ours (Grad-CAM)"] = lambda: ours(x, PredictedClass()).maps
-    if x.device.type == "cpu":  # the ONNX path runs through onnxruntime's CPU provider
+    if with_onnx and x.device.type == "cpu":  # the ONNX path runs through onnxruntime's CPU provider
         onnx_cam = GradCAM(_onnx_twin(model, x), layer)
         out["ours, ONNX file"] = lambda: onnx_cam(x, PredictedClass()).maps
     try:
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=["resnet50", "densenet121"])
+    parser.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX path")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
@@ -114,7 +117,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_torchvision(arch, 1000).eval().to(args.device)
         x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-        t = measure(contenders(model, LAYERS[arch], x), args.repeats, args.device)
+        t = measure(contenders(model, LAYERS[arch], x, not args.skip_onnx), args.repeats, args.device)
         ours = t["ours (Grad-CAM)"]
         print(f"\n{arch} (layer {LAYERS[arch]})")
         for name, sec in t.items():

@@ -76,18 +76,38 @@ class Preprocessing(_Strict):
         return self
 
 
+class Smoothing(_Strict):
+    """SmoothGrad-style averaging over ``n`` noisy copies (0 = off); noise sd = sigma * input range."""
+
+    n: int = Field(default=0, ge=0)
+    sigma: float = Field(default=0.15, ge=0)
+    seed: int = 0
+
+
 class Explain(_Strict):
     """What to explain and where.
 
     ``target``: ``predicted`` (default: explaining a fixed class for images of another class puts the
     map on that class's evidence, not on the lesion, and reads as false spurious focus), ``label``
-    (the manifest's class), or a class name. ``target_layer``: a module name or ``auto`` (the last
-    spatial feature map before pooling).
+    (the manifest's class), or a class name. ``target_layer``: a module name, ``auto`` (the last
+    spatial feature map before pooling), or a list of names whose maps are fused. ``output``:
+    ``softmax`` for single-label models; ``sigmoid`` for multi-label ones (e.g. chest X-ray findings),
+    where each manifest row is one (image, finding) pair with that finding's mask, explained against it.
     """
 
-    method: Literal["gradcam", "hirescam", "gradcam++", "layercam", "scorecam"] = "gradcam"
+    @model_validator(mode="after")
+    def _multilabel_explains_the_finding(self) -> Explain:
+        if self.output == "sigmoid" and self.target == "predicted":
+            raise ValueError("explain.target must be 'label' (or a class name) when explain.output is 'sigmoid'")
+        return self
+
+    method: Literal["gradcam", "hirescam", "gradcam++", "layercam", "scorecam", "guided-backprop", "guided-gradcam"] = (
+        "gradcam"
+    )
     target: str = "predicted"
-    target_layer: str = "auto"
+    target_layer: str | tuple[str, ...] = "auto"
+    output: Literal["softmax", "sigmoid"] = "softmax"
+    smooth: Smoothing = Smoothing()
     batch_size: int = Field(default=32, ge=1)
     shard_size: int = Field(default=128, ge=1)
     device: str = "cpu"

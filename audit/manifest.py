@@ -116,11 +116,14 @@ def load_manifest(cfg: AuditConfig) -> Manifest:
         if image_id is None:
             excluded.append({"row": i, "image_id": "", "stage": "manifest", "reason": "empty image_id"})
             continue
-        if image_id in seen:
-            reason = f"duplicate image_id (first at row {seen[image_id]})"
+        # a multi-label manifest has one row per (image, finding)
+        key = (image_id, str(row["label"])) if cfg.explain.output == "sigmoid" else image_id
+        if key in seen:
+            what = "image_id and label" if cfg.explain.output == "sigmoid" else "image_id"
+            reason = f"duplicate {what} (first at row {seen[key]})"
             excluded.append({"row": i, "image_id": image_id, "stage": "manifest", "reason": reason})
             continue
-        seen[image_id] = i
+        seen[key] = i
         rec, reason = _check_row(row, base, cfg)
         if reason:
             excluded.append({"row": i, "image_id": image_id, "stage": "manifest", "reason": reason})

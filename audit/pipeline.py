@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,8 +20,18 @@ import pandas as pd
 import torch
 
 from audit import metrics
-from audit.cam import METHODS, ClassIndex, PredictedClass, find_target_layer
-from audit.cam.base import CAM
+from audit.cam import (
+    METHODS,
+    CAMOutput,
+    ClassIndex,
+    FusedLayers,
+    GradCAM,
+    GuidedBackprop,
+    GuidedGradCAM,
+    NoiseAveraged,
+    PredictedClass,
+    find_target_layer,
+)
 from audit.config import AuditConfig, load_config
 from audit.imaging import image_tensor, open_image, open_mask, resize_mask
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
@@ -66,9 +77,25 @@ def prepare(cfg: AuditConfig) -> list[Path]:
 @dataclass
 class Explainer:
     model: torch.nn.Module
-    cam: CAM
-    layer: str
+    method: Callable[..., CAMOutput]
+    layers: tuple[str, ...]
     map_size: tuple[int, int]
+
+
+def build_method(cfg: AuditConfig, model: torch.nn.Module, layers: tuple[str, ...]) -> Callable[..., CAMOutput]:
+    """The configured method on the configured layer(s), optionally noise-averaged."""
+    name = cfg.explain.method
+    method: Callable[..., CAMOutput]
+    if name == "guided-backprop":
+        method = GuidedBackprop(model)
+    elif name == "guided-gradcam":
+        method = GuidedGradCAM(GradCAM(model, layers[0]))
+    elif len(layers) == 1:
+        method = METHODS[name](model, layers[0])
+    else:
+        method = FusedLayers([METHODS[name](model, layer) for layer in layers])
+    smooth = cfg.explain.smooth
+    return NoiseAveraged(method, smooth.n, smooth.sigma, smooth.seed) if smooth.n > 0 else method
 
 
 @lru_cache(maxsize=2)
@@ -77,12 +104,16 @@ def _explainer(cfg: AuditConfig) -> Explainer:
     model = load_model(cfg.model, cfg.explain.device)
     h, w = cfg.preprocessing.size
     probe = torch.zeros(1, cfg.preprocessing.channels, h, w, device=cfg.explain.device)
-    layer = cfg.explain.target_layer
-    if layer == "auto":
-        layer = find_target_layer(model, probe)
-    cam = METHODS[cfg.explain.method](model, layer)
-    out = cam(probe)
-    return Explainer(model, cam, layer, tuple(out.layer_maps.shape[-2:]))
+    requested = cfg.explain.target_layer
+    layers = (requested,) if isinstance(requested, str) else tuple(requested)
+    layers = tuple(find_target_layer(model, probe) if layer == "auto" else layer for layer in layers)
+    sizes = [tuple(METHODS["gradcam"](model, layer)(probe).layer_maps.shape[-2:]) for layer in layers]
+    method = build_method(cfg, model, layers)
+    return Explainer(model, method, layers, max(sizes))
+
+
+def _probabilities(cfg: AuditConfig, logits: torch.Tensor) -> torch.Tensor:
+    return logits.sigmoid() if cfg.explain.output == "sigmoid" else logits.softmax(dim=1)
 
 
 def _target(cfg: AuditConfig, labels: list[str]) -> PredictedClass | ClassIndex:
@@ -128,12 +159,13 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
         if not kept:
             continue
         x = torch.stack(xs).to(cfg.explain.device)
-        out = ex.cam(x, _target(cfg, [str(r["label"]) for r in kept]))
+        out = ex.method(x, _target(cfg, [str(r["label"]) for r in kept]))
         masks = torch.stack(ms).to(out.maps.device)
-        probs = out.logits.softmax(dim=1)
+        probs = _probabilities(cfg, out.logits)
         idx = out.target_index
         explained_p = probs.gather(1, idx[:, None])[:, 0]
         pred = probs.argmax(dim=1)
+        multilabel = cfg.explain.output == "sigmoid"
         cols = {
             "mass_in": metrics.mass_in(out.maps, masks),
             "area": metrics.area(masks),
@@ -144,7 +176,8 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
         if any(c is not None for c in cfs):
             have = [i for i, c in enumerate(cfs) if c is not None]
             with torch.no_grad():
-                cf_probs = ex.model(torch.stack([cfs[i] for i in have]).to(cfg.explain.device)).softmax(dim=1)
+                cf_logits = ex.model(torch.stack([cfs[i] for i in have]).to(cfg.explain.device))
+                cf_probs = _probabilities(cfg, cf_logits)
             cf_p = torch.full((len(kept),), float("nan"), dtype=torch.float64)
             cf_pred = torch.full((len(kept),), -1, dtype=torch.long)
             sel = torch.as_tensor(have)
@@ -152,10 +185,21 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
             cf_pred[sel] = cf_probs.argmax(dim=1).cpu()
         for i, r in enumerate(kept):
             rec = {k: r[k] for k in r.index if k not in PATH_COLUMNS}
+            if multilabel:  # the row says its finding is present; the model agrees when p >= 0.5
+                present = bool(explained_p[i] >= 0.5)
+                finding = classes[int(idx[i])]
+                predicted, probability, correct = (
+                    (finding if present else f"no {finding}"),
+                    float(explained_p[i]),
+                    present,
+                )
+            else:
+                predicted = classes[int(pred[i])]
+                probability, correct = float(probs[i, pred[i]]), predicted == str(r["label"])
             rec.update(
-                predicted=classes[int(pred[i])],
-                probability=float(probs[i, pred[i]]),
-                correct=classes[int(pred[i])] == str(r["label"]),
+                predicted=predicted,
+                probability=probability,
+                correct=correct,
                 explained=classes[int(idx[i])],
                 explained_probability=float(explained_p[i]),
                 zero_map=bool(out.layer_maps[i].max() <= 0),
@@ -167,16 +211,20 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
                 p_cf = float(cf_p[i])
                 rec["counterfactual_probability"] = p_cf
                 rec["counterfactual_delta"] = rec["explained_probability"] - p_cf
-                rec["counterfactual_flips"] = bool(cf_pred[i] >= 0 and int(cf_pred[i]) != int(pred[i]))
+                if multilabel:
+                    rec["counterfactual_flips"] = bool((p_cf >= 0.5) != (rec["explained_probability"] >= 0.5))
+                else:
+                    rec["counterfactual_flips"] = bool(cf_pred[i] >= 0 and int(cf_pred[i]) != int(pred[i]))
             results.append(rec)
-            map_ids.append(r["image_id"])
+            map_ids.append(int(r["row"]))
         layer_maps.append(out.layer_maps.detach().cpu().numpy().astype(np.float32))
     out_path = shard_output(shard, "result.parquet")
     pd.DataFrame(results).to_parquet(out_path, index=False)
     pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS).to_csv(shard_output(shard, "exclusions.csv"), index=False)
     maps = np.concatenate(layer_maps) if layer_maps else np.zeros((0, *ex.map_size), np.float32)
-    np.savez(shard_output(shard, "maps.npz"), ids=np.asarray(map_ids, dtype=str), maps=maps)
-    (work_dir(cfg) / "layer.json").write_text(json.dumps({"layer": ex.layer, "map_size": list(ex.map_size)}))
+    np.savez(shard_output(shard, "maps.npz"), rows=np.asarray(map_ids, dtype=np.int64), maps=maps)
+    layer_info = {"layer": ", ".join(ex.layers), "map_size": list(ex.map_size)}
+    (work_dir(cfg) / "layer.json").write_text(json.dumps(layer_info))
     return out_path
 
 

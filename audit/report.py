@@ -63,19 +63,20 @@ def overlay(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, alpha: float =
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _load_maps(work: Path) -> dict[str, np.ndarray]:
-    maps: dict[str, np.ndarray] = {}
+def _load_maps(work: Path) -> dict[int, np.ndarray]:
+    """Maps keyed by manifest row (an image appears once per finding in multi-label audits)."""
+    maps: dict[int, np.ndarray] = {}
     for f in sorted(work.glob("shard_*.maps.npz")):
         with np.load(f) as z:
-            maps.update(zip(z["ids"].tolist(), z["maps"], strict=True))
+            maps.update(zip(z["rows"].tolist(), z["maps"], strict=True))
     return maps
 
 
 def _thumb(cfg: AuditConfig, r: pd.Series, cam_map: np.ndarray, paths: pd.DataFrame) -> dict:
     size = cfg.preprocessing.size
-    cam = upsample(torch.from_numpy(cam_map)[None], size)[0].numpy()
-    img = display_image(Path(paths.loc[r["image_id"], "image_path"]), size)
-    mask = resize_mask(open_mask(Path(paths.loc[r["image_id"], "mask_path"]), cfg.data.mask_threshold), size)
+    cam = cam_map if cam_map.shape == tuple(size) else upsample(torch.from_numpy(cam_map)[None], size)[0].numpy()
+    img = display_image(Path(paths.loc[int(r["row"]), "image_path"]), size)
+    mask = resize_mask(open_mask(Path(paths.loc[int(r["row"]), "mask_path"]), cfg.data.mask_threshold), size)
     return {
         "uri": _png_data_uri(overlay(img, cam, mask)),
         "image_id": r["image_id"],
@@ -93,7 +94,7 @@ def thumbnail_sections(
     """Examples a reviewer should see: for each flagged subgroup, its images with the least focus
     compared with images explained for the same class; then the lowest-focus flagged images overall."""
     maps = _load_maps(cfg.run_dir / "work")
-    paths = included.set_index("image_id")
+    paths = included.set_index("row")
     judged = images[~images["zero_map"]].copy()
     judged["rank"] = within_stratum_ranks(judged["focus"].to_numpy(), judged["explained"].to_numpy())
     sections = []
@@ -103,7 +104,7 @@ def thumbnail_sections(
             {
                 "title": f"{g['column']} = {g['group']}: least focus compared with images of the same explained class",
                 "thumbs": [
-                    _thumb(cfg, r, maps[r["image_id"]], paths) for _, r in members.head(THUMBS_PER_GROUP).iterrows()
+                    _thumb(cfg, r, maps[int(r["row"])], paths) for _, r in members.head(THUMBS_PER_GROUP).iterrows()
                 ],
             }
         )
@@ -111,7 +112,7 @@ def thumbnail_sections(
     sections.append(
         {
             "title": f"lowest-focus flagged images (focus < {cfg.thresholds.focus}), all groups",
-            "thumbs": [_thumb(cfg, r, maps[r["image_id"]], paths) for _, r in flagged.iterrows()],
+            "thumbs": [_thumb(cfg, r, maps[int(r["row"])], paths) for _, r in flagged.iterrows()],
         }
     )
     return sections

@@ -47,6 +47,28 @@ def run(config: Annotated[Path, typer.Argument(help="audit config (YAML)")]) -> 
 
 
 @app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
+    strict: Annotated[bool, typer.Option(help="treat 'warn' as failing")] = False,
+) -> None:
+    """Run the audit as a release gate: exit 0 pass, 1 fail, 2 could not run ('warn' is 0 unless --strict)."""
+    try:
+        result = _run(config)
+    except typer.Exit:
+        raise
+    except Exception as err:  # anything that stops the audit means "could not run", never "pass"
+        typer.echo(f"error: the audit could not run: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(2) from None
+    verdict = result["verdict"]
+    typer.echo(f"verdict: {verdict.upper()}")
+    for reason in result["reasons"]:
+        typer.echo(f"  - {reason}")
+    typer.echo(f"HTML report: {result['html']}")
+    failing = verdict == "fail" or (strict and verdict == "warn")
+    raise typer.Exit(1 if failing else 0)
+
+
+@app.command()
 def demo(
     cache: Annotated[Path, typer.Option(help="where generated data and the model are cached")] = Path(".cache/demo"),
     reports: Annotated[Path, typer.Option(help="output folder")] = Path("reports"),

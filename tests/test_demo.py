@@ -45,7 +45,7 @@ def test_shortcut_spec_controls_where_ink_appears(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_flags_the_planted_site_only(tmp_path: Path) -> None:
+def test_demo_flags_the_planted_site_only(prefect_harness: None, tmp_path: Path) -> None:
     """Trains the demo model on first use (about 2 minutes; cached in .cache/demo like `make demo`)."""
     from audit.examples.demo import prepare_demo
     from audit.examples.evidence import counterfactual_table
@@ -65,3 +65,12 @@ def test_demo_flags_the_planted_site_only(tmp_path: Path) -> None:
     assert inked["prediction_changes"] > 0.3
     clean = cf.drop(index=("site_c", True))
     assert (clean["prediction_changes"] == 0).all() and (clean["p_with"] == clean["p_without"]).all()
+
+    # as a release gate the same audit exits 1 (fail)
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    gate = CliRunner().invoke(app, ["check", str(config)])
+    assert gate.exit_code == 1, gate.output
+    assert "site = site_c" in gate.output

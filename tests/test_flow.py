@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import write_config
-
-
-@pytest.fixture(scope="module")
-def prefect_harness() -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
 
 
 @pytest.fixture
@@ -124,3 +113,21 @@ def test_torchscript_model_gives_the_same_audit(tiny_set: Path, tiny_model: Path
     b = pd.read_parquet(tmp_path / "reports" / "ts" / "images.parquet")
     assert a["predicted"].tolist() == b["predicted"].tolist()
     pd.testing.assert_series_equal(a["mass_in"], b["mass_in"], atol=1e-5, rtol=1e-4)
+
+
+def test_check_exit_codes(prefect_harness: None, tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    config = write_config(tmp_path / "c.yaml", tiny_set, tiny_model, run_name="gate")
+    # a random model on 64 px images: the explained map is 4x4, coarser than min_map_size -> warn
+    ok = runner.invoke(app, ["check", str(config)])
+    assert ok.exit_code == 0, ok.output
+    assert "verdict: WARN" in ok.output
+    assert runner.invoke(app, ["check", str(config), "--strict"]).exit_code == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("run_name: gate", "run_name: gate\nbogus_key: 1"))
+    broken = runner.invoke(app, ["check", str(bad)])
+    assert broken.exit_code == 2 and "bogus_key: unknown key" in broken.output

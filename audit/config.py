@@ -119,7 +119,24 @@ class Data(_Strict):
     manifest: Path
     classes: tuple[str, ...] = Field(min_length=2)
     subgroups: tuple[str, ...] = ()
+    intersections: tuple[tuple[str, ...], ...] = ()
+    positive_class: str | None = None
     mask_threshold: int = Field(default=127, ge=0, le=254)
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> Data:
+        for combo in self.intersections:
+            unknown = [c for c in combo if c not in self.subgroups]
+            if len(combo) < 2 or unknown:
+                raise ValueError(f"data.intersections: {list(combo)} must name two or more of data.subgroups")
+        if self.positive_class is not None and self.positive_class not in self.classes:
+            raise ValueError(f"data.positive_class {self.positive_class!r} is not one of data.classes")
+        return self
+
+    @property
+    def positive(self) -> str | None:
+        """The class sensitivity and AUROC are computed for: as configured, else the last of two."""
+        return self.positive_class or (self.classes[-1] if len(self.classes) == 2 else None)
 
 
 class Thresholds(_Strict):
@@ -140,6 +157,13 @@ class Thresholds(_Strict):
 
 
 class Stats(_Strict):
+    """``correction``: ``holm`` (family-wise error) or ``bh`` (Benjamini-Hochberg false-discovery
+    rate) over all group comparisons. ``reference``: what each group is compared with: ``rest`` (the
+    rest of the audit set), ``largest`` (the largest group of the same column), or a mapping
+    ``{column: group}`` naming the reference group per column."""
+
+    correction: Literal["holm", "bh"] = "holm"
+    reference: Literal["rest", "largest"] | dict[str, str] = "rest"
     n_boot: int = Field(default=2000, ge=100)
     seed: int = 0
     ci_level: float = Field(default=0.95, gt=0.5, lt=1)

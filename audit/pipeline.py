@@ -37,7 +37,7 @@ from audit.imaging import image_tensor, open_image, open_mask, resize_mask
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_file, sha256_of_hashes, versions
-from audit.stats import bootstrap_ci, holm, proportion_ci, stratified_permutation_test
+from audit.stats import adjust, auroc, auroc_ci, bootstrap_ci, proportion_ci, stratified_permutation_test
 from audit.verdict import decide, flag_images, nan_to_none
 
 PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path")
@@ -207,6 +207,7 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
                 mask_sha256=sha256_file(Path(r["mask_path"])),
             )
             rec.update({k: float(v[i]) for k, v in cols.items()})
+            rec.update({f"p_{c}": float(probs[i, j]) for j, c in enumerate(classes)})
             if cf_p is not None:
                 p_cf = float(cf_p[i])
                 rec["counterfactual_probability"] = p_cf
@@ -241,37 +242,91 @@ def _mean_ci(cfg: AuditConfig, values: pd.Series, *key: str) -> tuple[float, flo
     return (float(v.mean()), lo, hi)
 
 
+def add_intersections(cfg: AuditConfig, images: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Add one column per configured intersection (``site×sex`` = ``site_c×female``)."""
+    columns = list(cfg.data.subgroups)
+    for combo in cfg.data.intersections:
+        name = "×".join(combo)
+        images = images.assign(**{name: images[list(combo)].astype(str).agg("×".join, axis=1)})
+        columns.append(name)
+    return images, columns
+
+
+def _reference(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> tuple[np.ndarray, str]:
+    """Rows the group is compared with, and a name for them."""
+    ref = cfg.stats.reference
+    values = images[col].astype(str)
+    if ref == "rest":
+        return (values != group).to_numpy(), "rest"
+    target = values.value_counts().sort_index().idxmax() if ref == "largest" else ref.get(col)
+    if target is None:  # a named mapping without this column: compare with the rest
+        return (values != group).to_numpy(), "rest"
+    return (values == target).to_numpy(), str(target)
+
+
+def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, float]:
+    """Accuracy, and for a positive class: sensitivity, specificity (Wilson CIs) and AUROC (bootstrap CI)."""
+    level = cfg.stats.ci_level
+    out: dict[str, float] = {}
+    k = int(g["correct"].sum())
+    out["accuracy"] = k / len(g)
+    out["accuracy_ci_low"], out["accuracy_ci_high"] = proportion_ci(k, len(g), level)
+    pos = cfg.data.positive
+    if pos is None or cfg.explain.output == "sigmoid":
+        return out
+    truth = (g["label"].astype(str) == pos).to_numpy()
+    said = (g["predicted"].astype(str) == pos).to_numpy()
+    out["positives"] = int(truth.sum())
+    for name, mask, hit in (("sensitivity", truth, said), ("specificity", ~truth, ~said)):
+        n, k = int(mask.sum()), int((mask & hit).sum())
+        out[name] = k / n if n else np.nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = proportion_ci(k, n, level)
+    score = g[f"p_{pos}"].to_numpy()
+    out["auroc"] = auroc(truth, score)
+    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(truth, score, cfg.stats.n_boot, _seed(cfg, *key, "auc"), level)
+    return out
+
+
 def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
-    """One row per (column, group): n, mean mass_in and focus with bootstrap CIs, flagged share with
-    a Wilson CI, accuracy, and the stratified test of focus against the rest of the audit set."""
+    """One row per (column, group): n, mean and median mass_in and focus with bootstrap CIs, flagged
+    share and the flagged-and-correct share (right for the wrong reason) with Wilson CIs, performance,
+    and the stratified test of focus against the reference, adjusted over all comparisons."""
     t = cfg.thresholds
-    judged = images[~images["zero_map"]]
+    images, columns = add_intersections(cfg, images)
+    judged_mask = ~images["zero_map"].to_numpy()
     rows = []
-    for col in cfg.data.subgroups:
+    for col in columns:
         for group in sorted(images[col].astype(str).unique()):
-            g = images[images[col].astype(str) == group]
+            in_group_all = (images[col].astype(str) == group).to_numpy()
+            g = images[in_group_all]
             n = len(g)
-            rec = {"column": col, "group": group, "n": n, "n_judged": int((~g["zero_map"]).sum())}
+            rec: dict[str, object] = {"column": col, "group": group, "n": n, "n_judged": int((~g["zero_map"]).sum())}
             for metric in ("mass_in", "focus"):
                 m, lo, hi = _mean_ci(cfg, g[metric], col, group, metric)
                 rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                rec[f"{metric}_median"] = float(g[metric].median())
             rec["area_mean"] = float(g["area"].mean())
-            k = int(g["flagged"].sum())
-            lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
-            rec.update({"flagged": k, "flagged_share": k / n, "flagged_ci_low": lo, "flagged_ci_high": hi})
-            rec["accuracy"] = float(g["correct"].mean())
+            for name, mask in (("flagged", g["flagged"]), ("flagged_correct", g["flagged"] & g["correct"])):
+                k = int(mask.sum())
+                lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
+                rec.update({name: k, f"{name}_share": k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+            rec.update(_performance(cfg, g, col, group))
             if "counterfactual_delta" in g:
                 rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
                 rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
-            in_group = (judged[col].astype(str) == group).to_numpy()
-            if rec["n_judged"] >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
+            reference, ref_name = _reference(cfg, images, col, group)
+            rec["reference"] = ref_name
+            compared = (in_group_all | reference) & judged_mask
+            in_group = in_group_all[compared]
+            if ref_name == group:
+                stat, p = np.nan, np.nan
+                rec["status"] = "reference"
+            elif in_group.sum() >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
+                sub = images[compared]
                 stat, p = stratified_permutation_test(
-                    judged["focus"].to_numpy(),
-                    judged["explained"].to_numpy(),
-                    in_group,
-                    N_PERM,
+                    sub["focus"].to_numpy(), sub["explained"].to_numpy(), in_group, N_PERM,
                     _seed(cfg, col, group, "perm"),
-                )
+                )  # fmt: skip
             else:
                 stat, p = np.nan, np.nan
             rec.update({"rank_stat": stat, "p": p})
@@ -279,12 +334,14 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["p_holm"] = holm(table["p"].to_numpy())
-    table["status"] = np.where(
-        table["p"].isna(),
-        "too small to judge",
-        np.where((table["p_holm"] < t.alpha) & (table["rank_stat"] < 0.5), "flagged", "ok"),
-    )
+    table["p_adjusted"] = adjust(table["p"].to_numpy(), cfg.stats.correction)
+    status = np.where(
+        table["p"].isna(), "too small to judge",
+        np.where((table["p_adjusted"] < t.alpha) & (table["rank_stat"] < 0.5), "flagged", "ok"),
+    )  # fmt: skip
+    if "status" in table:
+        status = np.where(table["status"] == "reference", "reference", status)
+    table["status"] = status
     return table
 
 
@@ -329,6 +386,8 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "flagged_images": int(images["flagged"].sum()),
         "zero_maps": int(images["zero_map"].sum()),
         "accuracy": float(images["correct"].mean()),
+        "flagged_correct": int((images["flagged"] & images["correct"]).sum()),
+        "correction": cfg.stats.correction,
         "area_mean": float(images["area"].mean()),
         "overall": overall,
         "layer": layer["layer"],

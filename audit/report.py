@@ -39,7 +39,10 @@ METRIC_MEANINGS = {
     "flagged": "image whose focus is below the configured threshold (spurious focus)",
     "rank_stat": "the group's mean within-class rank of focus among all images explained for the same "
     "class (0.5 = typical, lower = less focus than comparable images)",
-    "p_holm": "one-sided stratified permutation test of the group vs the rest, Holm-adjusted over all groups",
+    "p (adjusted)": "one-sided stratified permutation test of the group vs its reference, adjusted over all "
+    "comparisons (Holm: family-wise error; BH: false-discovery rate)",
+    "right for the wrong reason": "flagged for spurious focus and yet classified correctly: invisible to "
+    "accuracy, the most dangerous cell",
     "counterfactual_delta": "explained-class probability minus the same on the image's counterfactual "
     "rendering (artifact removed): how much the prediction depends on what was removed",
 }

@@ -83,3 +83,41 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out[order] = adjusted
     return out
+
+
+def adjust(pvalues: np.ndarray, method: str) -> np.ndarray:
+    """Multiple-comparison adjustment: ``holm`` or ``bh`` (scipy's ``false_discovery_control``)."""
+    if method == "holm":
+        return holm(pvalues)
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties counting half."""
+    y = np.asarray(y, bool)
+    pos, neg = np.asarray(score)[y], np.asarray(score)[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    u = stats.mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    return float(u / (pos.size * neg.size))
+
+
+def auroc_ci(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUROC, resampling images (pairs of label and score)."""
+    y, score = np.asarray(y, bool), np.asarray(score, float)
+    if y.all() or not y.any() or y.size < 4:
+        return (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.size, y.size)
+        if y[idx].all() or not y[idx].any():
+            continue
+        draws.append(auroc(y[idx], score[idx]))
+    lo, hi = np.percentile(draws, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return (float(lo), float(hi))

@@ -28,9 +28,10 @@ def decide(subgroups: pd.DataFrame, images: pd.DataFrame, map_size: tuple[int, i
     flagged = subgroups[subgroups["status"] == "flagged"]
     for _, g in flagged.iterrows():
         status = "fail"
+        against = "the rest of the audit set" if g["reference"] == "rest" else f"{g['column']} = {g['reference']}"
         reasons.append(
-            f"{g['column']} = {g['group']}: focus significantly below the rest of the audit set "
-            f"(mean within-class rank {g['rank_stat']:.2f}, Holm-adjusted p = {g['p_holm']:.2g}, n = {g['n']})"
+            f"{g['column']} = {g['group']}: focus significantly below {against} "
+            f"(mean within-class rank {g['rank_stat']:.2f}, adjusted p = {g['p_adjusted']:.2g}, n = {g['n']})"
         )
     if min(map_size) < t.min_map_size:
         reasons.append(
@@ -47,7 +48,7 @@ def decide(subgroups: pd.DataFrame, images: pd.DataFrame, map_size: tuple[int, i
         names = ", ".join(f"{c}={g}" for c, g in zip(small["column"], small["group"], strict=True))
         reasons.append(f"too small to judge (n < {t.min_group_size}): {names}")
     if status == "pass":
-        reasons.insert(0, "no subgroup's focus is significantly below the rest of the audit set")
+        reasons.insert(0, "no subgroup's focus is significantly below its reference")
     return Verdict(status=status, reasons=reasons)
 
 

@@ -131,3 +131,24 @@ def test_check_exit_codes(prefect_harness: None, tiny_set: Path, tiny_model: Pat
     bad.write_text(config.read_text().replace("run_name: gate", "run_name: gate\nbogus_key: 1"))
     broken = runner.invoke(app, ["check", str(bad)])
     assert broken.exit_code == 2 and "bogus_key: unknown key" in broken.output
+
+
+def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from audit.pipeline import run_audit
+
+    config = write_config(
+        tmp_path / "i.yaml", tiny_set, tiny_model, run_name="inter",
+        **{"data.intersections": [["site", "sex"]], "stats.reference": "largest", "stats.correction": "bh",
+           "thresholds.min_group_size": 2},
+    )  # fmt: skip
+    table = pd.read_csv(run_audit(config).run_dir / "subgroups.csv")
+    inter = table[table["column"] == "site×sex"]
+    assert len(inter) >= 4 and inter["group"].str.contains("×").all()
+    assert inter["n"].sum() == 24
+    # exactly one reference (the largest group) per column, never tested against itself
+    refs = table[table["status"] == "reference"]
+    assert sorted(refs["column"]) == sorted(table["column"].unique())
+    assert refs["p"].isna().all()
+    tested = table[table["status"].isin(["ok", "flagged"])]
+    assert (tested["reference"] != tested["group"]).all()
+    assert {"sensitivity", "specificity", "auroc", "flagged_correct_share", "focus_median"} <= set(table)

@@ -64,3 +64,26 @@ def test_bootstrap_ci_brackets_the_mean_and_is_reproducible() -> None:
 def test_wilson_interval() -> None:
     lo, hi = proportion_ci(0, 10)
     assert lo == 0.0 and 0.25 < hi < 0.35  # Wilson upper bound for 0/10 is 0.278
+
+
+def test_bh_equals_scipy_and_keeps_nan() -> None:
+    from audit.stats import adjust
+
+    p = np.array([0.01, 0.2, np.nan, 0.03, 0.04])
+    out = adjust(p, "bh")
+    np.testing.assert_allclose(out[[0, 1, 3, 4]], sps.false_discovery_control(p[[0, 1, 3, 4]], method="bh"))
+    assert np.isnan(out[2])
+    np.testing.assert_allclose(adjust(p, "holm"), holm(p))
+
+
+def test_auroc_by_hand_and_its_ci() -> None:
+    from audit.stats import auroc, auroc_ci
+
+    # positives 0.9, 0.4; negatives 0.5, 0.1: pairs won 0.9>0.5, 0.9>0.1, 0.4>0.1 -> 3/4
+    assert auroc(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.5, 0.1])) == 0.75
+    assert auroc(np.array([1, 0]), np.array([0.3, 0.3])) == 0.5  # a tie counts half
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.5
+    score = y + rng.normal(0, 1, 200)
+    lo, hi = auroc_ci(y, score, 500, seed=1)
+    assert lo < auroc(y, score) < hi

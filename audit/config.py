@@ -156,6 +156,23 @@ class Thresholds(_Strict):
     min_map_size: int = Field(default=7, ge=1)
 
 
+class Counterfactual(_Strict):
+    """Counterfactual confirmation: a map is correlational, a changed prediction is evidence.
+
+    For every image the region outside the *dilated* mask is replaced by ``fill`` (``blur``: the image
+    itself, heavily blurred; ``mean``: its mean colour), and, where the manifest has an
+    ``artifact_mask_path`` column, just that region is neutralised the same way. The change in the
+    explained class's probability is recorded; an image *depends on outside evidence* when it drops by
+    more than ``dependence``.
+    """
+
+    enabled: bool = True
+    fill: Literal["blur", "mean"] = "blur"
+    dilate: float = Field(default=0.05, ge=0, le=0.5)
+    blur_factor: int = Field(default=16, ge=2)
+    dependence: float = Field(default=0.2, gt=0, lt=1)
+
+
 class Stats(_Strict):
     """``correction``: ``holm`` (family-wise error) or ``bh`` (Benjamini-Hochberg false-discovery
     rate) over all group comparisons. ``reference``: what each group is compared with: ``rest`` (the
@@ -177,6 +194,7 @@ class AuditConfig(_Strict):
     explain: Explain = Explain()
     data: Data
     thresholds: Thresholds = Thresholds()
+    counterfactual: Counterfactual = Counterfactual()
     stats: Stats = Stats()
 
     @field_validator("run_name")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from audit.config import Preprocessing
@@ -50,3 +51,18 @@ def display_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 array at the model's input size, for overlays."""
     h, w = size
     return np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR))
+
+
+def heavy_blur(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The image itself with its detail removed: area-downsample by ``factor``, bilinear back up.
+    Cheap at any size (a Gaussian of the same strength would need a kernel of ~size/4)."""
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, h // factor), max(1, w // factor)), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of (B, H, W) masks by a square of side 2*radius+1."""
+    if radius <= 0:
+        return masks.bool()
+    return F.max_pool2d(masks.float()[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0] > 0

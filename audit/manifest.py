@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from audit.config import AuditConfig
 
 REQUIRED = ("image_id", "image_path", "mask_path", "label")
-OPTIONAL_PATHS = ("counterfactual_path",)
+OPTIONAL_PATHS = ("counterfactual_path", "artifact_mask_path")
 EXCLUSION_COLUMNS = ["row", "image_id", "stage", "reason"]
 
 
@@ -91,6 +91,12 @@ def _check_row(row: pd.Series, base: Path, cfg: AuditConfig) -> tuple[dict | Non
     with Image.open(paths["mask_path"]) as m:
         if max(m.convert("L").getextrema()) <= cfg.data.mask_threshold:
             return None, "empty mask (no pixel above the mask threshold)"
+    if "artifact_mask_path" in paths:  # may be empty: no artifact on this image
+        art_size, err = _image_size(paths["artifact_mask_path"], "artifact mask")
+        if err:
+            return None, err
+        if art_size != size:
+            return None, f"artifact mask is {art_size[0]}x{art_size[1]} but image is {size[0]}x{size[1]}"
     if "counterfactual_path" in paths:
         cf_size, err = _image_size(paths["counterfactual_path"], "counterfactual image")
         if err:

@@ -33,14 +33,14 @@ from audit.cam import (
     find_target_layer,
 )
 from audit.config import AuditConfig, load_config
-from audit.imaging import image_tensor, open_image, open_mask, resize_mask
+from audit.imaging import dilate, heavy_blur, image_tensor, open_image, open_mask, resize_mask
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_file, sha256_of_hashes, versions
 from audit.stats import adjust, auroc, auroc_ci, bootstrap_ci, proportion_ci, stratified_permutation_test
 from audit.verdict import decide, flag_images, nan_to_none
 
-PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path")
+PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path", "artifact_mask_path")
 N_PERM = 10000
 
 
@@ -112,6 +112,42 @@ def _explainer(cfg: AuditConfig) -> Explainer:
     return Explainer(model, method, layers, max(sizes))
 
 
+def _neutralised(
+    cfg: AuditConfig,
+    ex: Explainer,
+    x: torch.Tensor,
+    masks: torch.Tensor,
+    arts: list,
+    idx: torch.Tensor,
+    explained_p: torch.Tensor,
+    maps: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Explained-class probability with the outside of the dilated mask (and, where annotated, just the
+    artifact) replaced by the fill; the drop is the evidence the model took from that region."""
+    c = cfg.counterfactual
+    fill = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    keep = dilate(masks, round(c.dilate * max(x.shape[-2:])))[:, None].to(x.dtype)
+    batches = {"outside": x * keep + fill * (1 - keep)}
+    out: dict[str, torch.Tensor] = {}
+    have = [i for i, a in enumerate(arts) if a is not None]
+    if have:
+        art = torch.zeros_like(masks, dtype=torch.bool)
+        art[have] = torch.stack([arts[i] for i in have]).to(art.device)
+        a = art[:, None].to(x.dtype)
+        batches["artifact"] = x * (1 - a) + fill * a
+        has = art.flatten(1).any(dim=1)
+        out["mass_artifact"] = torch.where(has, metrics.mass_in(maps, art), torch.nan)
+        out["artifact_area"] = torch.where(has, metrics.area(art), torch.nan)
+    for name, xb in batches.items():
+        with torch.no_grad():
+            p = _probabilities(cfg, ex.model(xb)).gather(1, idx[:, None])[:, 0]
+        delta = (explained_p - p).double()
+        if name == "artifact":
+            delta = torch.where(out["artifact_area"].isnan(), torch.nan, delta)
+        out[f"{name}_delta"] = delta
+    return out
+
+
 def _probabilities(cfg: AuditConfig, logits: torch.Tensor) -> torch.Tensor:
     return logits.sigmoid() if cfg.explain.output == "sigmoid" else logits.softmax(dim=1)
 
@@ -134,14 +170,17 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
     bs = cfg.explain.batch_size
     for start in range(0, len(rows), bs):
         batch = rows.iloc[start : start + bs]
-        xs, ms, cfs, kept = [], [], [], []
+        xs, ms, arts, cfs, kept = [], [], [], [], []
         for _, r in batch.iterrows():
             try:
                 img = open_image(Path(r["image_path"]), pre.channels)
                 mask = open_mask(Path(r["mask_path"]), cfg.data.mask_threshold)
-                cf = None
+                cf = art = None
                 if isinstance(r.get("counterfactual_path"), str):
                     cf = image_tensor(open_image(Path(r["counterfactual_path"]), pre.channels), pre)
+                if isinstance(r.get("artifact_mask_path"), str):
+                    art_mask = open_mask(Path(r["artifact_mask_path"]), cfg.data.mask_threshold)
+                    art = torch.from_numpy(resize_mask(art_mask, pre.size))
             except Exception as err:  # a file that passed the header check but fails to decode
                 excluded.append(
                     {
@@ -154,6 +193,7 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
                 continue
             xs.append(image_tensor(img, pre))
             ms.append(torch.from_numpy(resize_mask(mask, pre.size)))
+            arts.append(art)
             cfs.append(cf)
             kept.append(r)
         if not kept:
@@ -172,6 +212,8 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
             "focus": metrics.focus(out.maps, masks),
             "pointing_hit": metrics.pointing_hit(out.maps, masks),
         }
+        if cfg.counterfactual.enabled:
+            cols.update(_neutralised(cfg, ex, x, masks, arts, idx, explained_p, out.maps))
         cf_p = cf_pred = None
         if any(c is not None for c in cfs):
             have = [i for i, c in enumerate(cfs) if c is not None]
@@ -311,6 +353,13 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
                 lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
                 rec.update({name: k, f"{name}_share": k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
             rec.update(_performance(cfg, g, col, group))
+            if "outside_delta" in g:
+                dependent = g["outside_delta"] > cfg.counterfactual.dependence
+                rec["outside_delta_mean"] = float(g["outside_delta"].mean())
+                rec["outside_dependent_share"] = float(dependent.mean())
+            if "artifact_delta" in g:
+                rec["artifact_delta_mean"] = float(g["artifact_delta"].mean())
+                rec["mass_artifact_mean"] = float(g["mass_artifact"].mean())
             if "counterfactual_delta" in g:
                 rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
                 rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
@@ -387,6 +436,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "zero_maps": int(images["zero_map"].sum()),
         "accuracy": float(images["correct"].mean()),
         "flagged_correct": int((images["flagged"] & images["correct"]).sum()),
+        "agreement": agreement(cfg, images),
         "correction": cfg.stats.correction,
         "area_mean": float(images["area"].mean()),
         "overall": overall,
@@ -397,6 +447,23 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def agreement(cfg: AuditConfig, images: pd.DataFrame) -> dict | None:
+    """How well the CAM-based flag agrees with the counterfactual test (which is the evidence)."""
+    if "outside_delta" not in images:
+        return None
+    judged = images[~images["zero_map"] & images["outside_delta"].notna()]
+    dependent = (judged["outside_delta"] > cfg.counterfactual.dependence).to_numpy()
+    flagged = judged["flagged"].to_numpy()
+    return {
+        "dependent": int(dependent.sum()),
+        "flagged_and_dependent": int((flagged & dependent).sum()),
+        "flagged_not_dependent": int((flagged & ~dependent).sum()),
+        "dependent_not_flagged": int((~flagged & dependent).sum()),
+        "neither": int((~flagged & ~dependent).sum()),
+        "auroc_low_focus_predicts_dependence": nan_to_none(auroc(dependent, -judged["focus"].to_numpy())),
+    }
 
 
 # --------------------------------------------------------------------------- provenance + render

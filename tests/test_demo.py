@@ -66,6 +66,14 @@ def test_demo_flags_the_planted_site_only(prefect_harness: None, tmp_path: Path)
     clean = cf.drop(index=("site_c", True))
     assert (clean["prediction_changes"] == 0).all() and (clean["p_with"] == clean["p_without"]).all()
 
+    # the generic counterfactual test finds the images whose prediction truly depends on the ink
+    from audit.examples.evidence import detection_auroc
+
+    found = detection_auroc(pd.read_parquet(result.run_dir / "images.parquet"))
+    assert found["artifact neutralised (Δp)"] > 0.9
+    assert found["outside of mask neutralised (Δp)"] > 0.75
+    assert found["low Grad-CAM focus"] < found["outside of mask neutralised (Δp)"]  # a map is weaker evidence
+
     # as a release gate the same audit exits 1 (fail)
     from typer.testing import CliRunner
 

@@ -20,9 +20,16 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def prefect_harness() -> Iterator[None]:
     """One embedded Prefect server for the whole session (starting one costs about 10 s)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
+    @flow
+    def warm_up() -> None:
+        """Prefect binds its log handlers to the stream current at the first flow run; do that here,
+        not inside a CliRunner whose captured stream is closed after the call."""
+
     with prefect_test_harness():
+        warm_up()
         yield
 
 

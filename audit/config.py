@@ -7,6 +7,7 @@ Relative paths are resolved against the config file's folder, so a config travel
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -51,11 +52,17 @@ class ModelSource(_Strict):
 
     @property
     def identity_file(self) -> Path:
-        """The file whose SHA-256 identifies the model: the checkpoint, else the factory's file."""
+        """The file whose SHA-256 identifies the model: the checkpoint, else the factory's source file
+        (``file.py`` itself, or the file that ``package.module`` is imported from)."""
         if self.checkpoint is not None:
             return self.checkpoint
         target = (self.factory or "").rsplit(":", 1)[0]
-        return Path(target)
+        if target.endswith(".py"):
+            return Path(target)
+        spec = importlib.util.find_spec(target)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"model.factory: module {target!r} has no source file to identify the model by")
+        return Path(spec.origin)
 
 
 class Preprocessing(_Strict):

@@ -92,3 +92,13 @@ def test_factory_path_resolves_against_the_config(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, data))
     assert cfg.model.factory == f"{(tmp_path / 'models' / 'net.py').resolve()}:build"
     assert cfg.model.identity_file == (tmp_path / "models" / "net.py").resolve()
+
+
+def test_a_module_factory_is_identified_by_its_source_file(tmp_path: Path) -> None:
+    import json.decoder
+
+    data = _with()
+    data["model"] = {"kind": "factory", "factory": "json.decoder:JSONDecoder"}
+    cfg = load_config(_write(tmp_path, data))
+    assert cfg.model.identity_file == Path(json.decoder.__file__)
+    assert cfg.model.identity_file.is_file()

@@ -284,14 +284,16 @@ def _mean_ci(cfg: AuditConfig, values: pd.Series, *key: str) -> tuple[float, flo
     return (float(v.mean()), lo, hi)
 
 
-def add_intersections(cfg: AuditConfig, images: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def subgroup_columns(cfg: AuditConfig) -> list[str]:
+    """The subgroup columns, then one per configured intersection (``site×sex``)."""
+    return [*cfg.data.subgroups, *("×".join(combo) for combo in cfg.data.intersections)]
+
+
+def add_intersections(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     """Add one column per configured intersection (``site×sex`` = ``site_c×female``)."""
-    columns = list(cfg.data.subgroups)
     for combo in cfg.data.intersections:
-        name = "×".join(combo)
-        images = images.assign(**{name: images[list(combo)].astype(str).agg("×".join, axis=1)})
-        columns.append(name)
-    return images, columns
+        images = images.assign(**{"×".join(combo): images[list(combo)].astype(str).agg("×".join, axis=1)})
+    return images
 
 
 def _reference(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> tuple[np.ndarray, str]:
@@ -330,11 +332,13 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
 
 
 def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
-    """One row per (column, group): n, mean and median mass_in and focus with bootstrap CIs, flagged
-    share and the flagged-and-correct share (right for the wrong reason) with Wilson CIs, performance,
-    and the stratified test of focus against the reference, adjusted over all comparisons."""
+    """One row per (column, group) of :func:`subgroup_columns`; ``images`` must already hold the
+    intersection columns (:func:`add_intersections`). Per group: n, mean and median mass_in and focus
+    with bootstrap CIs, flagged share and the flagged-and-correct share (right for the wrong reason)
+    with Wilson CIs, performance, and the stratified test of focus against the reference, adjusted
+    over all comparisons."""
     t = cfg.thresholds
-    images, columns = add_intersections(cfg, images)
+    columns = subgroup_columns(cfg)
     judged_mask = ~images["zero_map"].to_numpy()
     rows = []
     for col in columns:
@@ -414,6 +418,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         )
     images = images.sort_values("row", kind="stable").reset_index(drop=True)
     images["flagged"] = flag_images(images, cfg.thresholds)
+    images = add_intersections(cfg, images)  # saved, so the report and users see the same groups
     assert len(images) + len(exclusions) == rows_read, "a manifest row was lost"
     layer = json.loads((work / "layer.json").read_text())
     table = subgroup_table(cfg, images)

@@ -141,7 +141,8 @@ def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, 
         **{"data.intersections": [["site", "sex"]], "stats.reference": "largest", "stats.correction": "bh",
            "thresholds.min_group_size": 2},
     )  # fmt: skip
-    table = pd.read_csv(run_audit(config).run_dir / "subgroups.csv")
+    run = run_audit(config).run_dir
+    table = pd.read_csv(run / "subgroups.csv")
     inter = table[table["column"] == "site×sex"]
     assert len(inter) >= 4 and inter["group"].str.contains("×").all()
     assert inter["n"].sum() == 24
@@ -152,3 +153,15 @@ def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, 
     tested = table[table["status"].isin(["ok", "flagged"])]
     assert (tested["reference"] != tested["group"]).all()
     assert {"sensitivity", "specificity", "auroc", "flagged_correct_share", "focus_median"} <= set(table)
+
+    # a flagged intersection gets its example thumbnails (its column is saved with the images)
+    from audit.config import load_config
+    from audit.report import thumbnail_sections
+
+    images = pd.read_parquet(run / "images.parquet")
+    assert "site×sex" in images
+    flagged = inter.head(1).assign(status="flagged")
+    included = pd.concat([pd.read_parquet(p) for p in sorted((run / "work").glob("shard_????.parquet"))])
+    sections = thumbnail_sections(load_config(config), images, flagged, included)
+    assert sections[0]["title"].startswith(f"site×sex = {flagged['group'].iloc[0]}")
+    assert len(sections[0]["thumbs"]) == min(12, int(flagged["n_judged"].iloc[0]))

@@ -102,12 +102,6 @@ class Explain(_Strict):
     where each manifest row is one (image, finding) pair with that finding's mask, explained against it.
     """
 
-    @model_validator(mode="after")
-    def _multilabel_explains_the_finding(self) -> Explain:
-        if self.output == "sigmoid" and self.target == "predicted":
-            raise ValueError("explain.target must be 'label' (or a class name) when explain.output is 'sigmoid'")
-        return self
-
     method: Literal["gradcam", "hirescam", "gradcam++", "layercam", "scorecam", "guided-backprop", "guided-gradcam"] = (
         "gradcam"
     )
@@ -118,6 +112,12 @@ class Explain(_Strict):
     batch_size: int = Field(default=32, ge=1)
     shard_size: int = Field(default=128, ge=1)
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _multilabel_explains_the_finding(self) -> Explain:
+        if self.output == "sigmoid" and self.target == "predicted":
+            raise ValueError("explain.target must be 'label' (or a class name) when explain.output is 'sigmoid'")
+        return self
 
 
 class Data(_Strict):

@@ -371,10 +371,7 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
             rec["reference"] = ref_name
             compared = (in_group_all | reference) & judged_mask
             in_group = in_group_all[compared]
-            if ref_name == group:
-                stat, p = np.nan, np.nan
-                rec["status"] = "reference"
-            elif in_group.sum() >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
+            if ref_name != group and in_group.sum() >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
                 sub = images[compared]
                 stat, p = stratified_permutation_test(
                     sub["focus"].to_numpy(), sub["explained"].to_numpy(), in_group, N_PERM,
@@ -388,13 +385,11 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     table["p_adjusted"] = adjust(table["p"].to_numpy(), cfg.stats.correction)
-    status = np.where(
-        table["p"].isna(), "too small to judge",
-        np.where((table["p_adjusted"] < t.alpha) & (table["rank_stat"] < 0.5), "flagged", "ok"),
+    table["status"] = np.select(
+        [table["reference"] == table["group"], table["p"].isna(),
+         (table["p_adjusted"] < t.alpha) & (table["rank_stat"] < 0.5)],
+        ["reference", "too small to judge", "flagged"], default="ok",
     )  # fmt: skip
-    if "status" in table:
-        status = np.where(table["status"] == "reference", "reference", status)
-    table["status"] = status
     return table
 
 

@@ -55,9 +55,9 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     global pooling. Found by one dry forward pass, so it works for any architecture.
     """
     if isinstance(model, OnnxModel):
-        return model.find_target_layer(example)
+        return _last_spatial(model.top_level_shapes(example), f"top-level module of {model.path.name}")
     if isinstance(model, torch.jit.ScriptModule):
-        return _find_scripted_target_layer(model, example)
+        return _last_spatial(_scripted_shapes(model, example), "top-level module of this TorchScript model")
     finished: list[tuple[str, tuple[int, ...]]] = []
     handles = []
     for name, module in model.named_modules():
@@ -75,25 +75,28 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     finally:
         for h in handles:
             h.remove()
-    spatial = [n for n, s in finished if len(s) == 4 and s[2] * s[3] > 1]
+    return _last_spatial(finished, "module")
+
+
+def _last_spatial(shapes: list[tuple[str, tuple[int, ...]]], what: str) -> str:
+    """The rule every model source shares: the last output that is 4-D with more than 1x1 positions."""
+    spatial = [name for name, shape in shapes if len(shape) == 4 and shape[2] * shape[3] > 1]
     if not spatial:
-        raise ValueError("no module produces a spatial (N, C, H, W) feature map; name a target layer")
+        raise ValueError(f"no {what} produces a spatial (N, C, H, W) feature map; name a target layer")
     return spatial[-1]
 
 
-def _find_scripted_target_layer(model: torch.jit.ScriptModule, example: torch.Tensor) -> str:
-    spatial = []
+def _scripted_shapes(model: torch.jit.ScriptModule, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """(module, output shape) for each top-level module of a TorchScript model."""
+    shapes = []
     with torch.no_grad():
         for name in top_level_layers(model):
             try:
                 _, activation = forward_with_activation(model, name)(example)
             except (KeyError, RuntimeError):
                 continue
-            if activation.dim() == 4 and activation.shape[2] * activation.shape[3] > 1:
-                spatial.append(name)
-    if not spatial:
-        raise ValueError("no top-level module of this TorchScript model produces a spatial feature map")
-    return spatial[-1]
+            shapes.append((name, tuple(activation.shape)))
+    return shapes
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:

@@ -152,8 +152,8 @@ class OnnxModel:
                 seen.append(parts[1])
         return seen
 
-    def find_target_layer(self, example: torch.Tensor) -> str:
-        """Last top-level module whose output is a spatial feature map (as for torch models)."""
+    def top_level_shapes(self, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+        """(module, output shape) for each top-level module scope, in graph order."""
         candidates = []
         for layer in self.top_level_layers():
             try:
@@ -162,12 +162,9 @@ class OnnxModel:
                 continue
         if not candidates:
             raise ValueError(f"{self.path.name}: no module scopes in node names; name a target tensor")
-        values = self._run(example, tuple(dict.fromkeys(t for _, t in candidates)))[1:]
-        shapes = dict(zip(dict.fromkeys(t for _, t in candidates), (v.shape for v in values), strict=True))
-        spatial = [layer for layer, t in candidates if len(shapes[t]) == 4 and shapes[t][2] * shapes[t][3] > 1]
-        if not spatial:
-            raise ValueError(f"{self.path.name}: no top-level module produces a spatial feature map")
-        return spatial[-1]
+        tensors = tuple(dict.fromkeys(t for _, t in candidates))
+        shapes = dict(zip(tensors, (v.shape for v in self._run(example, tensors)[1:]), strict=True))
+        return [(layer, tuple(shapes[t])) for layer, t in candidates]
 
     def head(self, tensor: str) -> nn.Module:
         """The subgraph from ``tensor`` to the logits, as a differentiable torch module."""

@@ -8,6 +8,7 @@ the image's, then resized with nearest-neighbour so a mask pixel is never invent
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from PIL import Image
 from audit.config import Preprocessing
 
 
-def open_image(path: Path, channels: int) -> Image.Image:
+def open_image(path: Path | BinaryIO, channels: int) -> Image.Image:
     img = Image.open(path)
     img.load()
     return img.convert("L" if channels == 1 else "RGB")
@@ -33,7 +34,7 @@ def image_tensor(img: Image.Image, pre: Preprocessing) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def open_mask(path: Path, threshold: int) -> np.ndarray:
+def open_mask(path: Path | BinaryIO, threshold: int) -> np.ndarray:
     """Binary mask (H, W) at the file's own resolution: pixel > threshold in its grey value."""
     img = Image.open(path)
     img.load()

@@ -7,6 +7,7 @@ the same stages in-process without any orchestrator.
 
 from __future__ import annotations
 
+import io
 import json
 import zlib
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from audit.config import AuditConfig, load_config
 from audit.imaging import dilate, heavy_blur, image_tensor, open_image, open_mask, resize_mask
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
 from audit.models import load_model
-from audit.provenance import sha256_file, sha256_of_hashes, versions
+from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
 from audit.stats import adjust, auroc, auroc_ci, bootstrap_ci, proportion_ci, stratified_permutation_test
 from audit.verdict import decide, flag_images, nan_to_none
 
@@ -170,11 +171,13 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
     bs = cfg.explain.batch_size
     for start in range(0, len(rows), bs):
         batch = rows.iloc[start : start + bs]
-        xs, ms, arts, cfs, kept = [], [], [], [], []
+        xs, ms, arts, cfs, kept, hashes = [], [], [], [], [], []
         for _, r in batch.iterrows():
             try:
-                img = open_image(Path(r["image_path"]), pre.channels)
-                mask = open_mask(Path(r["mask_path"]), cfg.data.mask_threshold)
+                # each file is read once: hashed for provenance and decoded from the same bytes
+                image_bytes, mask_bytes = Path(r["image_path"]).read_bytes(), Path(r["mask_path"]).read_bytes()
+                img = open_image(io.BytesIO(image_bytes), pre.channels)
+                mask = open_mask(io.BytesIO(mask_bytes), cfg.data.mask_threshold)
                 cf = art = None
                 if isinstance(r.get("counterfactual_path"), str):
                     cf = image_tensor(open_image(Path(r["counterfactual_path"]), pre.channels), pre)
@@ -193,6 +196,7 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
                 continue
             xs.append(image_tensor(img, pre))
             ms.append(torch.from_numpy(resize_mask(mask, pre.size)))
+            hashes.append((sha256_bytes(image_bytes), sha256_bytes(mask_bytes)))
             arts.append(art)
             cfs.append(cf)
             kept.append(r)
@@ -245,8 +249,8 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
                 explained=classes[int(idx[i])],
                 explained_probability=float(explained_p[i]),
                 zero_map=bool(out.layer_maps[i].max() <= 0),
-                image_sha256=sha256_file(Path(r["image_path"])),
-                mask_sha256=sha256_file(Path(r["mask_path"])),
+                image_sha256=hashes[i][0],
+                mask_sha256=hashes[i][1],
             )
             rec.update({k: float(v[i]) for k, v in cols.items()})
             rec.update({f"p_{c}": float(probs[i, j]) for j, c in enumerate(classes)})

@@ -33,6 +33,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_of_hashes(hashes: list[str]) -> str:
     """One digest for a whole data set: SHA-256 over the per-file digests in manifest order."""
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()

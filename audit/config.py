@@ -146,21 +146,74 @@ class Data(_Strict):
         return self.positive_class or (self.classes[-1] if len(self.classes) == 2 else None)
 
 
+class Level(_Strict):
+    """A share above ``warn`` makes the verdict at least *warn*; above ``fail``, *fail* (None: never)."""
+
+    warn: float | None = Field(default=None, ge=0, le=1)
+    fail: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Level:
+        if self.warn is not None and self.fail is not None and self.warn > self.fail:
+            raise ValueError("warn must not be above fail")
+        return self
+
+
 class Thresholds(_Strict):
-    """Flags and verdict.
+    """Flags and the verdict's rules.
 
     ``focus``: an image is flagged *spurious focus* when ``mass_in / area`` is below this value;
     1.0 means "no more attention on the region than a uniform map would give it".
-    ``alpha``: family-wise error rate for the subgroup tests (Holm-adjusted, one-sided
-    Mann-Whitney U of per-image focus, group vs the rest of the audit set).
-    ``min_group_size``: smaller groups are reported as "too small to judge".
-    ``min_map_size``: the explained layer's map side below which focus cannot be judged well.
+    ``alpha``: error rate for the subgroup tests (one-sided stratified permutation test of within-class
+    focus ranks, group vs reference, adjusted over all comparisons as ``stats.correction`` says).
+    ``min_group_size``: smaller groups are reported as "too small to judge", never pass or fail.
+    ``min_map_size``: the explained layer's map side below which focus cannot be judged well (warn).
+    ``subgroup_disparity``: what a subgroup with significantly less focus than its reference makes the
+    verdict. The shares are over all audited images: ``flagged_share`` (spurious focus),
+    ``right_for_wrong_reason`` (flagged *and* correct), ``outside_dependence`` (counterfactual: the
+    prediction drops by more than ``counterfactual.dependence`` when the outside of the mask is
+    neutralised), ``zero_maps`` (maps with no positive evidence, which cannot be judged).
+    ``sanity``: what maps that survive parameter randomisation make the verdict.
     """
 
     focus: float = Field(default=1.0, gt=0)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     min_group_size: int = Field(default=10, ge=2)
     min_map_size: int = Field(default=7, ge=1)
+    subgroup_disparity: Literal["fail", "warn"] = "fail"
+    flagged_share: Level = Level(warn=0.5)
+    right_for_wrong_reason: Level = Level(warn=0.25)
+    outside_dependence: Level = Level(warn=0.25)
+    zero_maps: Level = Level(warn=0.1)
+    sanity: Literal["fail", "warn", "off"] = "warn"
+
+
+class Metrics(_Strict):
+    """Settings of the per-image localisation metrics (see ``audit/metrics.py``).
+
+    ``top_k``: top-k intersection's k as a share of the image's pixels. ``bbox_threshold``: the share
+    of the map's maximum above which pixels form the "hot" region whose largest component's box is
+    compared with the mask's box (0.15 as in the Grad-CAM paper).
+    """
+
+    top_k: float = Field(default=0.05, gt=0, le=1)
+    bbox_threshold: float = Field(default=0.15, gt=0, lt=1)
+
+
+class Sanity(_Strict):
+    """Explanation sanity check (Adebayo et al. 2018, cascading model parameter randomisation).
+
+    On ``sample`` images (seeded), the weights are re-initialised from the output back and the maps
+    recomputed. If after the first ``steps`` steps the maps' mean absolute Spearman correlation with the
+    originals is still above ``max_similarity``, the maps describe the image, not the model's decision.
+    Runs for torchvision and factory models (TorchScript and ONNX weights cannot be re-initialised).
+    """
+
+    enabled: bool = True
+    sample: int = Field(default=32, ge=2)
+    steps: int = Field(default=2, ge=1)
+    max_similarity: float = Field(default=0.5, gt=0, lt=1)
+    seed: int = 0
 
 
 class Counterfactual(_Strict):
@@ -201,6 +254,8 @@ class AuditConfig(_Strict):
     explain: Explain = Explain()
     data: Data
     thresholds: Thresholds = Thresholds()
+    metrics: Metrics = Metrics()
+    sanity: Sanity = Sanity()
     counterfactual: Counterfactual = Counterfactual()
     stats: Stats = Stats()
 

@@ -1,50 +1,188 @@
 """Per-image localisation metrics on (batches of) maps and masks; no models here.
 
-All functions take ``maps`` (B, H, W), non-negative, and boolean ``masks`` (B, H, W) of the same
-size, as torch tensors (numpy arrays are accepted), and return one value per image.
+Every function takes ``maps`` (B, H, W) and boolean ``masks`` (B, H, W) of the same size, as torch
+tensors or numpy arrays, and returns one float64 value per image. Conventions, stated because they
+change numbers (Quantus differs on some; ``tests/test_quantus_parity.py`` pins each difference):
 
-Conventions, stated because they change numbers:
-* An all-zero map (Grad-CAM found no positive evidence at the layer) has no distribution of
-  attention: its mass-based metrics and pointing hit are NaN, never 0 or 1.
-* Pointing game ties: a hit when *any* of the tied maxima lies inside the mask.
+* **Signed maps**: every metric reads the *positive part* ``max(map, 0)``. Negative values are
+  evidence against the class, not attention, and Grad-CAM itself applies this ReLU; summing signed
+  values would let a "mass inside" exceed 1.
+* **All-zero maps** (no positive evidence at the layer) have no distribution of attention: every
+  map metric is NaN, never 0 or 1, and the pipeline counts them separately.
+* **Empty masks** (nothing annotated) and, for pixel AUROC, full masks are NaN: there is nothing to
+  localise against. Quantus 0.6 counts an empty mask as a pointing-game *hit*.
+* **Ties**: the pointing game is a hit when *any* of the tied maxima lies inside the mask. Rank
+  metrics (rank accuracy, top-k) share the places at the cut among tied pixels: the value is the
+  expectation over a random tie-break, not whatever order a sort happened to produce. Pixel AUROC
+  counts a tie as half a correct ordering (Mann-Whitney).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import stats
+from skimage.measure import label
+
+Array = torch.Tensor | np.ndarray
+
+MEANINGS = {
+    "mass_in": "Share of the map's mass inside the mask (Relevance Mass Accuracy; Kohlbrenner's attribution "
+    "localisation μ). A uniform map scores the mask's area.",
+    "focus": "mass_in / mask area (Kohlbrenner's size-weighted μ_w): 1 = no better than a uniform map, above 1 = "
+    "attention concentrated on the region.",
+    "rank_accuracy": "Of the K most attended pixels (K = mask size), the share inside the mask "
+    "(Relevance Rank Accuracy).",
+    "pointing_hit": "1 when the map's maximum lies inside the mask (pointing game).",
+    "energy_pointing": "Share of the map's mass inside the mask's bounding box (energy-based pointing game, "
+    "Score-CAM).",
+    "top_k": "Of the top-k most attended pixels (k a fixed share of the image), the share inside the mask "
+    "(top-k intersection).",
+    "pixel_auroc": "How well the map, read as a per-pixel detector, separates mask from background pixels "
+    "(0.5 = chance).",
+    "bbox_iou": "IoU of the bounding box of the thresholded map's largest component with the mask's bounding "
+    "box (Grad-CAM paper's localisation).",
+}
 
 
-def _t(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _t(x: Array) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def total_mass(maps: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return _t(maps).double().sum(dim=(1, 2))
+def _prepare(maps: Array, masks: Array) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positive part as float64, bool masks, 'no metric here': zero map or empty mask)."""
+    m = _t(maps).double().clamp_min(0)
+    k = _t(masks).bool().to(m.device)
+    undefined = (m.flatten(1).amax(dim=1) <= 0) | ~k.flatten(1).any(dim=1)
+    return m, k, undefined
 
 
-def mass_in(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Share of the map's mass inside the mask: sum(map * mask) / sum(map) (Relevance Mass Accuracy)."""
-    m, k = _t(maps).double(), _t(masks).bool()
-    total = m.sum(dim=(1, 2))
-    inside = (m * k).sum(dim=(1, 2))
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
-
-
-def area(masks: torch.Tensor | np.ndarray) -> torch.Tensor:
+def area(masks: Array) -> torch.Tensor:
     """Mask area fraction: the mass_in a uniform map would score."""
     return _t(masks).bool().double().mean(dim=(1, 2))
 
 
-def focus(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Chance-corrected focus mass_in / area: 1 = no better than a uniform map, >1 = on the region."""
+def mass_in(maps: Array, masks: Array) -> torch.Tensor:
+    """sum(a * s) / sum(a) over the positive part a of the map.
+
+    Relevance Mass Accuracy (Arras et al. 2022) and Kohlbrenner et al.'s (2020) attribution
+    localisation μ = R_in / R_tot with positive relevance are the same quantity.
+    """
+    m, k, undefined = _prepare(maps, masks)
+    total = m.sum(dim=(1, 2))
+    inside = (m * k).sum(dim=(1, 2))
+    return torch.where(undefined, torch.nan, inside / total.clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def focus(maps: Array, masks: Array) -> torch.Tensor:
+    """mass_in / area: Kohlbrenner's size-weighted localisation μ_w = μ · S_total / S_in. Chance
+    corrected: a uniform map scores 1 whatever the lesion's size, so small and large lesions compare."""
     return mass_in(maps, masks) / area(masks)
 
 
-def pointing_hit(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """1.0 if a maximum of the map lies inside the mask, 0.0 if none does, NaN for an all-zero map."""
-    m, k = _t(maps).double(), _t(masks).bool()
+def _top_k_hits(values: torch.Tensor, inside: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Expected number of ``inside`` pixels among the ``k`` highest values (per row), with the
+    places left at the cut shared evenly among the pixels tied there."""
+    kth = values.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp_min(0)[:, None])
+    above, at = values > kth, values == kth
+    places_left = (k - above.sum(dim=1)).double()
+    return (above & inside).sum(dim=1) + places_left * (at & inside).sum(dim=1) / at.sum(dim=1)
+
+
+def rank_accuracy(maps: Array, masks: Array) -> torch.Tensor:
+    """Relevance Rank Accuracy: with K = |mask|, the share of the K highest-valued pixels inside the
+    mask. A uniform ranking scores the mask's area on average; 1 = the mask is exactly the top K."""
+    m, k, undefined = _prepare(maps, masks)
+    values, inside = m.flatten(1), k.flatten(1)
+    size = inside.sum(dim=1)
+    acc = _top_k_hits(values, inside, size) / size.clamp_min(1)
+    return torch.where(undefined, torch.nan, acc)
+
+
+def top_k_intersection(maps: Array, masks: Array, k: int | float) -> torch.Tensor:
+    """Share of the k highest-valued pixels inside the mask; ``k`` a pixel count (int) or a share of
+    the image's pixels (float in (0, 1]), so one setting serves every image size."""
+    m, s, undefined = _prepare(maps, masks)
+    values, inside = m.flatten(1), s.flatten(1)
+    n = values.shape[1]
+    count = round(k * n) if isinstance(k, float) else int(k)
+    if not 1 <= count <= n:
+        raise ValueError(f"top-k: k = {k} selects {count} of {n} pixels; it must select at least one and at most all")
+    hits = _top_k_hits(values, inside, torch.full((len(values),), count, device=values.device))
+    return torch.where(undefined, torch.nan, hits / count)
+
+
+def pointing_hit(maps: Array, masks: Array) -> torch.Tensor:
+    """1.0 if a maximum of the map lies inside the mask, 0.0 if none does (Zhang et al. 2018)."""
+    m, k, undefined = _prepare(maps, masks)
     peak = m.flatten(1).amax(dim=1)
-    at_peak = m == peak[:, None, None]
-    hit = (at_peak & k).flatten(1).any(dim=1).double()
-    return torch.where(peak > 0, hit, torch.nan)
+    hit = ((m == peak[:, None, None]) & k).flatten(1).any(dim=1).double()
+    return torch.where(undefined, torch.nan, hit)
+
+
+def bounding_boxes(masks: Array) -> torch.Tensor:
+    """The filled bounding box of each mask's pixels (all components together)."""
+    k = _t(masks).bool()
+    rows, cols = k.any(dim=2), k.any(dim=1)
+
+    def span(v: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(v.shape[1], device=v.device)
+        first = torch.where(v, idx, v.shape[1]).amin(dim=1)
+        last = torch.where(v, idx, -1).amax(dim=1)
+        return (idx >= first[:, None]) & (idx <= last[:, None])
+
+    return span(rows)[:, :, None] & span(cols)[:, None, :]
+
+
+def energy_pointing(maps: Array, masks: Array) -> torch.Tensor:
+    """Energy-based pointing game (Wang et al. 2020, Score-CAM): the share of the map's mass inside
+    the mask's bounding box. Kinder than mass_in to a thin or irregular mask."""
+    return mass_in(maps, bounding_boxes(masks))
+
+
+def pixel_auroc(maps: Array, masks: Array) -> torch.Tensor:
+    """AUROC of the map's values as a score for 'pixel is in the mask' (ties count one half); NaN for
+    a zero map and for an empty or full mask (one class only)."""
+    m, k, undefined = _prepare(maps, masks)
+    values, inside = m.flatten(1).cpu().numpy(), k.flatten(1).cpu().numpy()
+    ranks = stats.rankdata(values, axis=1)
+    n_pos = inside.sum(axis=1).astype(np.float64)
+    n_neg = inside.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * inside).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    out = torch.as_tensor(auc, dtype=torch.float64)
+    return torch.where(undefined.cpu() | torch.as_tensor(n_neg == 0), torch.nan, out).to(m.device)
+
+
+def bbox_iou(maps: Array, masks: Array, threshold: float = 0.15) -> torch.Tensor:
+    """The Grad-CAM paper's localisation: keep pixels >= ``threshold`` x the map's maximum, take the
+    largest 8-connected component (equal sizes: the one with more mass, then the first in raster
+    order), and return the IoU of its bounding box with the mask's bounding box."""
+    m, k, undefined = _prepare(maps, masks)
+    boxes = bounding_boxes(k).cpu().numpy()
+    values = m.cpu().numpy()
+    out = np.full(len(values), np.nan)
+    for i in np.flatnonzero(~undefined.cpu().numpy()):
+        a = values[i]
+        components = label(a >= threshold * a.max(), connectivity=2)
+        sizes = np.bincount(components.ravel())[1:]
+        masses = np.bincount(components.ravel(), weights=a.ravel())[1:]
+        best = 1 + np.lexsort((-np.arange(sizes.size), masses, sizes))[-1]
+        hot_box = bounding_boxes(components[None] == best)[0].numpy()
+        out[i] = (hot_box & boxes[i]).sum() / (hot_box | boxes[i]).sum()
+    return torch.as_tensor(out, dtype=torch.float64)
+
+
+def localisation(maps: Array, masks: Array, top_k: int | float, bbox_threshold: float) -> dict[str, torch.Tensor]:
+    """Every per-image metric of :data:`MEANINGS`, plus ``area``, as columns."""
+    return {
+        "mass_in": mass_in(maps, masks),
+        "area": area(masks),
+        "focus": focus(maps, masks),
+        "rank_accuracy": rank_accuracy(maps, masks),
+        "pointing_hit": pointing_hit(maps, masks),
+        "energy_pointing": energy_pointing(maps, masks),
+        "top_k": top_k_intersection(maps, masks, top_k),
+        "pixel_auroc": pixel_auroc(maps, masks),
+        "bbox_iou": bbox_iou(maps, masks, bbox_threshold),
+    }

@@ -38,6 +38,8 @@ from audit.imaging import dilate, heavy_blur, image_tensor, open_image, open_mas
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
+from audit.sanity import parameter_randomisation
+from audit.sanity import verdict as sanity_verdict
 from audit.stats import adjust, auroc, auroc_ci, bootstrap_ci, proportion_ci, stratified_permutation_test
 from audit.verdict import decide, flag_images, nan_to_none
 
@@ -210,12 +212,7 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
         explained_p = probs.gather(1, idx[:, None])[:, 0]
         pred = probs.argmax(dim=1)
         multilabel = cfg.explain.output == "sigmoid"
-        cols = {
-            "mass_in": metrics.mass_in(out.maps, masks),
-            "area": metrics.area(masks),
-            "focus": metrics.focus(out.maps, masks),
-            "pointing_hit": metrics.pointing_hit(out.maps, masks),
-        }
+        cols = metrics.localisation(out.maps, masks, cfg.metrics.top_k, cfg.metrics.bbox_threshold)
         if cfg.counterfactual.enabled:
             cols.update(_neutralised(cfg, ex, x, masks, arts, idx, explained_p, out.maps))
         cf_p = cf_pred = None
@@ -273,6 +270,48 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
     layer_info = {"layer": ", ".join(ex.layers), "map_size": list(ex.map_size)}
     (work_dir(cfg) / "layer.json").write_text(json.dumps(layer_info))
     return out_path
+
+
+def sanity_check(cfg: AuditConfig) -> Path:
+    """Cascading parameter randomisation on a seeded sample of the included images, written to
+    ``work/sanity.csv`` (one row per step), or the reason it did not run to ``work/sanity.json``."""
+    work = work_dir(cfg)
+    table_path, skipped_path = work / "sanity.csv", work / "sanity.json"
+    table_path.unlink(missing_ok=True)
+    skipped_path.unlink(missing_ok=True)
+    s = cfg.sanity
+    reason = None
+    if not s.enabled:
+        reason = "disabled in the config (sanity.enabled: false)"
+    elif cfg.model.kind not in ("torchvision", "factory"):
+        reason = f"not available for {cfg.model.kind} models: their weights cannot be re-initialised"
+    if reason is not None:
+        skipped_path.write_text(json.dumps({"skipped": reason}))
+        return skipped_path
+    ex = _explainer(cfg)
+    rows = pd.concat([pd.read_parquet(p) for p in sorted(work.glob("shard_????.parquet"))], ignore_index=True)
+    sample = rows.sample(n=min(s.sample, len(rows)), random_state=s.seed).sort_values("row")
+    xs = []
+    for path in sample["image_path"]:
+        try:
+            xs.append(image_tensor(open_image(Path(path), cfg.preprocessing.channels), cfg.preprocessing))
+        except Exception:  # undecodable: explain_shard excludes it with the reason; not needed here
+            continue
+    x = torch.stack(xs).to(cfg.explain.device)
+    table = parameter_randomisation(ex.model, lambda m: build_method(cfg, m, ex.layers), x, s.seed)
+    table.to_csv(table_path, index=False, float_format="%.6g")
+    return table_path
+
+
+def _sanity_result(cfg: AuditConfig) -> dict:
+    work = work_dir(cfg)
+    if (work / "sanity.json").exists():
+        return json.loads((work / "sanity.json").read_text())
+    if not (work / "sanity.csv").exists():
+        return {"skipped": "the sanity stage did not run"}
+    table = pd.read_csv(work / "sanity.csv")
+    warning = sanity_verdict(table, cfg.sanity.max_similarity, cfg.sanity.steps)
+    return {"steps": table.to_dict("records"), "warning": warning}
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -337,8 +376,8 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
 
 def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     """One row per (column, group) of :func:`subgroup_columns`; ``images`` must already hold the
-    intersection columns (:func:`add_intersections`). Per group: n, mean and median mass_in and focus
-    with bootstrap CIs, flagged share and the flagged-and-correct share (right for the wrong reason)
+    intersection columns (:func:`add_intersections`). Per group: n, mean (bootstrap CI) and median of
+    every localisation metric, flagged share and the flagged-and-correct share (right for the wrong reason)
     with Wilson CIs, performance, and the stratified test of focus against the reference, adjusted
     over all comparisons."""
     t = cfg.thresholds
@@ -351,7 +390,7 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
             g = images[in_group_all]
             n = len(g)
             rec: dict[str, object] = {"column": col, "group": group, "n": n, "n_judged": int((~g["zero_map"]).sum())}
-            for metric in ("mass_in", "focus"):
+            for metric in metrics.MEANINGS:
                 m, lo, hi = _mean_ci(cfg, g[metric], col, group, metric)
                 rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
                 rec[f"{metric}_median"] = float(g[metric].median())
@@ -421,18 +460,26 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     assert len(images) + len(exclusions) == rows_read, "a manifest row was lost"
     layer = json.loads((work / "layer.json").read_text())
     table = subgroup_table(cfg, images)
-    verdict = decide(table, images, tuple(layer["map_size"]), cfg.thresholds)
+    sanity = _sanity_result(cfg)
+    verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity.get("warning"))
     run.mkdir(parents=True, exist_ok=True)
     images.to_parquet(run / "images.parquet", index=False)
     table.to_csv(run / "subgroups.csv", index=False, float_format="%.6g")
     exclusions.to_csv(run / "exclusions.csv", index=False)
     overall = {}
-    for metric in ("mass_in", "focus", "pointing_hit"):
+    for metric in metrics.MEANINGS:
         m, lo, hi = _mean_ci(cfg, images[metric], "all", metric)
-        overall[metric] = {"mean": nan_to_none(m), "ci_low": nan_to_none(lo), "ci_high": nan_to_none(hi)}
+        overall[metric] = {
+            "mean": nan_to_none(m),
+            "ci_low": nan_to_none(lo),
+            "ci_high": nan_to_none(hi),
+            "median": nan_to_none(float(images[metric].median())),
+            "n": int(images[metric].notna().sum()),
+        }
     summary = {
         "verdict": verdict.status,
         "reasons": verdict.reasons,
+        "checks": verdict.checks,
         "rows_read": rows_read,
         "included": len(images),
         "excluded": len(exclusions),
@@ -444,6 +491,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "correction": cfg.stats.correction,
         "area_mean": float(images["area"].mean()),
         "overall": overall,
+        "sanity": sanity,
         "layer": layer["layer"],
         "map_size": layer["map_size"],
         "explained": cfg.explain.target,
@@ -512,6 +560,7 @@ def run_audit(config_path: str | Path) -> RunResult:
     cfg = load_config(config_path)
     shards = prepare(cfg)
     results = [explain_shard(cfg, s) for s in shards]
+    sanity_check(cfg)
     summary = aggregate(cfg, results)
     outputs = render(cfg, Path(config_path), started)
     return RunResult(cfg.run_dir, summary["verdict"], outputs)

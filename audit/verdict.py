@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from audit.config import Thresholds
+from audit.config import AuditConfig, Level, Thresholds
 
 
 def flag_images(images: pd.DataFrame, thresholds: Thresholds) -> pd.Series:
@@ -18,38 +18,77 @@ def flag_images(images: pd.DataFrame, thresholds: Thresholds) -> pd.Series:
 
 @dataclass
 class Verdict:
-    status: str  # "pass" | "warn" | "fail"
+    """``status`` is the worst level any rule reached; ``reasons`` says what made it so, and
+    ``checks`` every rule that was applied with its value (so a pass is explained too)."""
+
+    status: str = "pass"  # "pass" | "warn" | "fail"
     reasons: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    def raise_to(self, level: str, reason: str) -> None:
+        if LEVELS.index(level) > LEVELS.index(self.status):
+            self.status = level
+        self.reasons.append(f"{level}: {reason}")
 
 
-def decide(subgroups: pd.DataFrame, images: pd.DataFrame, map_size: tuple[int, int], t: Thresholds) -> Verdict:
-    reasons: list[str] = []
-    status = "pass"
-    flagged = subgroups[subgroups["status"] == "flagged"]
+LEVELS = ("pass", "warn", "fail")
+
+
+def _share_rule(v: Verdict, name: str, k: int, n: int, level: Level) -> None:
+    """A share of the audited images against its warn / fail bounds."""
+    share = k / n if n else 0.0
+    text = f"{name}: {k} of {n} images ({share:.1%})"
+    for status, bound in (("fail", level.fail), ("warn", level.warn)):
+        if bound is not None and share > bound:
+            v.raise_to(status, f"{text}, above the {status} bound {bound:.0%}")
+            return
+    bounds = ", ".join(f"{s} above {b:.0%}" for s, b in (("warn", level.warn), ("fail", level.fail)) if b is not None)
+    v.checks.append(f"{text}" + (f" (limits: {bounds})" if bounds else " (no limit set)"))
+
+
+def decide(
+    subgroups: pd.DataFrame,
+    images: pd.DataFrame,
+    map_size: tuple[int, int],
+    cfg: AuditConfig,
+    sanity_warning: str | None = None,
+) -> Verdict:
+    """Apply the rules of ``cfg.thresholds`` in a fixed order."""
+    t = cfg.thresholds
+    v = Verdict()
+    flagged = subgroups[subgroups["status"] == "flagged"] if len(subgroups) else subgroups
     for _, g in flagged.iterrows():
-        status = "fail"
         against = "the rest of the audit set" if g["reference"] == "rest" else f"{g['column']} = {g['reference']}"
-        reasons.append(
+        v.raise_to(
+            t.subgroup_disparity,
             f"{g['column']} = {g['group']}: focus significantly below {against} "
-            f"(mean within-class rank {g['rank_stat']:.2f}, adjusted p = {g['p_adjusted']:.2g}, n = {g['n']})"
+            f"(mean within-class rank {g['rank_stat']:.2f}, adjusted p = {g['p_adjusted']:.2g}, n = {g['n']})",
         )
+    judged = int((subgroups["status"].isin(["ok", "flagged"])).sum()) if len(subgroups) else 0
+    if flagged.empty:
+        v.checks.append(f"no subgroup's focus is significantly below its reference ({judged} groups tested)")
+    n = len(images)
+    _share_rule(v, f"spurious focus (focus below {t.focus:g})", int(images["flagged"].sum()), n, t.flagged_share)
+    rfwr = int((images["flagged"] & images["correct"]).sum())
+    _share_rule(v, "right for the wrong reason (flagged and correct)", rfwr, n, t.right_for_wrong_reason)
+    if "outside_delta" in images:
+        dependent = int((images["outside_delta"] > cfg.counterfactual.dependence).sum())
+        _share_rule(v, "prediction depends on evidence outside the mask (counterfactual)", dependent, n,
+                    t.outside_dependence)  # fmt: skip
+    _share_rule(v, "all-zero maps (cannot be judged)", int(images["zero_map"].sum()), n, t.zero_maps)
     if min(map_size) < t.min_map_size:
-        reasons.append(
+        v.raise_to(
+            "warn",
             f"the explained layer's map is {map_size[0]}x{map_size[1]}, coarser than {t.min_map_size}x"
-            f"{t.min_map_size}: focus differences may be invisible at this resolution"
+            f"{t.min_map_size}: focus differences may be invisible at this resolution",
         )
-        status = "warn" if status == "pass" else status
-    zero = int(images["zero_map"].sum())
-    if len(images) and zero / len(images) > 0.1:
-        reasons.append(f"{zero} of {len(images)} maps are all zero (no positive evidence at the layer)")
-        status = "warn" if status == "pass" else status
-    small = subgroups[subgroups["status"] == "too small to judge"]
+    if sanity_warning and t.sanity != "off":
+        v.raise_to(t.sanity, sanity_warning)
+    small = subgroups[subgroups["status"] == "too small to judge"] if len(subgroups) else subgroups
     if len(small):
         names = ", ".join(f"{c}={g}" for c, g in zip(small["column"], small["group"], strict=True))
-        reasons.append(f"too small to judge (n < {t.min_group_size}): {names}")
-    if status == "pass":
-        reasons.insert(0, "no subgroup's focus is significantly below its reference")
-    return Verdict(status=status, reasons=reasons)
+        v.checks.append(f"too small to judge (n < {t.min_group_size}), neither pass nor fail: {names}")
+    return v
 
 
 def nan_to_none(x: float) -> float | None:

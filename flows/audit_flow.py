@@ -27,6 +27,11 @@ def explain_task(config_path: str, shard: str) -> str:
     return str(pipeline.explain_shard(load_config(config_path), Path(shard)))
 
 
+@task(name="sanity-check", cache_policy=NO_CACHE)
+def sanity_task(config_path: str) -> str:
+    return str(pipeline.sanity_check(load_config(config_path)))
+
+
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(config_path: str, results: list[str]) -> dict:
     return pipeline.aggregate(load_config(config_path), [Path(r) for r in results])
@@ -39,10 +44,12 @@ def render_task(config_path: str, started: str) -> dict[str, str]:
 
 @flow(name="focus-audit", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def audit_flow(config_path: str) -> dict:
-    """Load -> Grad-CAM per shard -> metrics -> aggregate -> render. Returns verdict and output paths."""
+    """Load -> Grad-CAM per shard -> sanity check -> aggregate -> render. Returns verdict and output paths."""
     started = datetime.now(UTC).isoformat()
     shards = prepare_task(config_path)
     futures = explain_task.map(unmapped(config_path), shards)
-    summary = aggregate_task(config_path, [f.result() for f in futures])
+    results = [f.result() for f in futures]
+    sanity_task(config_path)
+    summary = aggregate_task(config_path, results)
     outputs = render_task(config_path, started)
-    return {"verdict": summary["verdict"], "reasons": summary["reasons"], **outputs}
+    return {"verdict": summary["verdict"], "reasons": summary["reasons"], "checks": summary["checks"], **outputs}

@@ -35,13 +35,19 @@ def _run(config: Path) -> dict:
         raise typer.Exit(2) from None
 
 
+def _explain(result: dict) -> None:
+    for reason in result["reasons"]:
+        typer.echo(f"  - {reason}")
+    for check in result.get("checks", []):
+        typer.echo(f"  ok: {check}")
+
+
 @app.command()
 def run(config: Annotated[Path, typer.Argument(help="audit config (YAML)")]) -> None:
     """Run the audit flow and print the verdict and report paths."""
     result = _run(config)
     typer.echo(f"verdict: {result['verdict'].upper()}")
-    for reason in result["reasons"]:
-        typer.echo(f"  - {reason}")
+    _explain(result)
     typer.echo(f"HTML report: {result['html']}")
     typer.echo(f"PDF packet:  {result['pdf']}")
 
@@ -61,8 +67,7 @@ def check(
         raise typer.Exit(2) from None
     verdict = result["verdict"]
     typer.echo(f"verdict: {verdict.upper()}")
-    for reason in result["reasons"]:
-        typer.echo(f"  - {reason}")
+    _explain(result)
     typer.echo(f"HTML report: {result['html']}")
     failing = verdict == "fail" or (strict and verdict == "warn")
     raise typer.Exit(1 if failing else 0)

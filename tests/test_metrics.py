@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from audit import metrics
@@ -57,3 +58,93 @@ def test_batched_torch_input_matches_per_image_numpy() -> None:
     for i in range(5):
         m, k = maps[i].double().numpy(), masks[i].numpy()
         assert math.isclose(batched[i].item(), (m * k).sum() / m.sum(), rel_tol=1e-12)
+
+
+def _worked_example() -> tuple[np.ndarray, np.ndarray]:
+    """6x6: a 2x2 block of ones inside a 3x3 mask, and one pixel of 5 outside it."""
+    maps = np.zeros((1, 6, 6))
+    maps[0, 1:3, 1:3] = 1.0
+    maps[0, 4, 4] = 5.0
+    masks = np.zeros((1, 6, 6), bool)
+    masks[0, 1:4, 1:4] = True
+    return maps, masks
+
+
+def test_every_metric_on_a_worked_example() -> None:
+    maps, masks = _worked_example()
+    got = {k: v.item() for k, v in metrics.localisation(maps, masks, top_k=4, bbox_threshold=0.15).items()}
+    assert got["mass_in"] == 4 / 9  # 4 of the 9 units of mass
+    assert got["area"] == 9 / 36
+    assert math.isclose(got["focus"], (4 / 9) / (9 / 36))
+    # K = 9: the 5, the four ones, then 4 of the 31 tied zeros, 5 of which are inside: 4 * 5/31 expected
+    assert math.isclose(got["rank_accuracy"], (4 + 4 * 5 / 31) / 9, rel_tol=1e-12)
+    assert got["pointing_hit"] == 0.0
+    assert got["energy_pointing"] == 4 / 9  # the mask is its own bounding box here
+    assert got["top_k"] == 3 / 4  # the 5 (outside), then 3 of the 4 tied ones (all inside)
+    # AUROC: 9 mask pixels (4 ones, 5 zeros) vs 27 others (one 5, 26 zeros); ties count one half
+    assert math.isclose(got["pixel_auroc"], (4 * 26 + 0.5 * 5 * 26) / (9 * 27), rel_tol=1e-12)
+    # >= 0.15 * 5 keeps the 2x2 block (4 px) and the single 5 (1 px): the block's box is 4 of the mask's 9
+    assert got["bbox_iou"] == 4 / 9
+
+
+def test_top_k_as_a_share_of_the_image_equals_the_pixel_count() -> None:
+    maps, masks = _worked_example()
+    assert metrics.top_k_intersection(maps, masks, 4 / 36).item() == metrics.top_k_intersection(maps, masks, 4).item()
+    with pytest.raises(ValueError, match="top-k"):
+        metrics.top_k_intersection(maps, masks, 0)
+
+
+def test_energy_pointing_uses_the_bounding_box_not_the_outline() -> None:
+    maps = np.zeros((1, 5, 5))
+    maps[0, 2, 2] = 1.0  # the centre of a ring-shaped mask
+    masks = np.zeros((1, 5, 5), bool)
+    masks[0, 1:4, 1:4] = True
+    masks[0, 2, 2] = False
+    assert metrics.mass_in(maps, masks).item() == 0.0
+    assert metrics.energy_pointing(maps, masks).item() == 1.0
+
+
+def test_bbox_iou_takes_the_largest_component_and_breaks_size_ties_by_mass() -> None:
+    maps = np.zeros((1, 10, 10))
+    maps[0, 0:2, 0:2] = 1.0  # 4 px, mass 4
+    maps[0, 6:8, 6:8] = 2.0  # 4 px, mass 8: same size, more mass -> chosen
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 6:9, 6:9] = True
+    assert metrics.bbox_iou(maps, masks).item() == 4 / 9
+    maps[0, 0:3, 0:3] = 1.0  # now 9 px: larger wins over heavier
+    assert metrics.bbox_iou(maps, masks).item() == 0.0
+
+
+def test_bbox_iou_threshold_and_diagonal_connectivity() -> None:
+    maps = np.zeros((1, 6, 6))
+    maps[0, 1, 1] = maps[0, 2, 2] = maps[0, 3, 3] = 1.0  # a diagonal: one 8-connected component
+    maps[0, 5, 0] = 0.1  # below 15% of the max
+    masks = np.zeros((1, 6, 6), bool)
+    masks[0, 1:4, 1:4] = True
+    assert metrics.bbox_iou(maps, masks).item() == 1.0
+    assert metrics.bbox_iou(maps, masks, threshold=0.05).item() == 1.0  # the 0.1 pixel is its own, smaller part
+
+
+def test_signed_maps_are_read_by_their_positive_part() -> None:
+    maps, masks = _worked_example()
+    signed = maps.copy()
+    signed[0, 5, 5] = -100.0  # strong negative evidence outside the mask
+    for name, value in metrics.localisation(signed, masks, 4, 0.15).items():
+        expected = metrics.localisation(maps, masks, 4, 0.15)[name].item()
+        assert math.isclose(value.item(), expected, rel_tol=1e-12), name
+
+
+def test_empty_mask_and_zero_map_are_nan_for_every_map_metric() -> None:
+    maps, masks = _worked_example()
+    maps = np.concatenate([maps, np.zeros_like(maps), maps])
+    masks = np.concatenate([masks, masks, np.zeros_like(masks)])
+    for name, value in metrics.localisation(maps, masks, 4, 0.15).items():
+        if name == "area":
+            continue
+        assert not math.isnan(value[0].item()), name
+        assert math.isnan(value[1].item()) and math.isnan(value[2].item()), name
+
+
+def test_pixel_auroc_of_a_full_mask_is_nan() -> None:
+    maps, _ = _worked_example()
+    assert math.isnan(metrics.pixel_auroc(maps, np.ones((1, 6, 6), bool)).item())

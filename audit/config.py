@@ -204,7 +204,7 @@ class Sanity(_Strict):
     """Explanation sanity check (Adebayo et al. 2018, cascading model parameter randomisation).
 
     On ``sample`` images (seeded), the weights are re-initialised from the output back and the maps
-    recomputed. If after the first ``steps`` steps the maps' mean absolute Spearman correlation with the
+    recomputed. If within the first ``steps`` steps the maps' mean Spearman correlation with the
     originals is still above ``max_similarity``, the maps describe the image, not the model's decision.
     Runs for torchvision and factory models (TorchScript and ONNX weights cannot be re-initialised).
     """

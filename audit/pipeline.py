@@ -461,7 +461,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     layer = json.loads((work / "layer.json").read_text())
     table = subgroup_table(cfg, images)
     sanity = _sanity_result(cfg)
-    verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity.get("warning"))
+    verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity)
     run.mkdir(parents=True, exist_ok=True)
     images.to_parquet(run / "images.parquet", index=False)
     table.to_csv(run / "subgroups.csv", index=False, float_format="%.6g")

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
 from scipy import ndimage
 
+from audit import metrics
 from audit.cam import upsample
 from audit.config import AuditConfig
 from audit.imaging import display_image, open_mask, resize_mask
@@ -30,12 +31,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_THUMBNAILS = 16
 THUMBS_PER_GROUP = 12
 
-METRIC_MEANINGS = {
-    "mass_in": "share of the map's total mass that falls inside the annotated region (Relevance Mass Accuracy)",
+TERMS = {
     "area": "share of the image the region covers: the mass_in a uniform, uninformative map would score",
-    "focus": "mass_in / area: 1 = no better than a uniform map; 2 = twice the attention the region's size "
-    "alone would draw",
-    "pointing_hit": "1 if the map's maximum lies inside the region (ties: any maximum inside)",
     "flagged": "image whose focus is below the configured threshold (spurious focus)",
     "rank_stat": "the group's mean within-class rank of focus among all images explained for the same "
     "class (0.5 = typical, lower = less focus than comparable images)",
@@ -45,6 +42,8 @@ METRIC_MEANINGS = {
     "accuracy, the most dangerous cell",
     "counterfactual_delta": "explained-class probability minus the same on the image's counterfactual "
     "rendering (artifact removed): how much the prediction depends on what was removed",
+    "sanity check": "maps recomputed after re-initialising the network's weights from the output back "
+    "(Adebayo et al. 2018); maps that stay similar describe the image, not the model",
 }
 
 
@@ -137,7 +136,8 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
         "cfg": cfg,
         "summary": summary,
         "info": info,
-        "meanings": METRIC_MEANINGS,
+        "meanings": metrics.MEANINGS,
+        "terms": TERMS,
         "groups": subgroups.to_dict("records"),
         "exclusions": exclusions.to_dict("records"),
         "sections": thumbnail_sections(cfg, images, subgroups, included),

@@ -46,12 +46,26 @@ def _share_rule(v: Verdict, name: str, k: int, n: int, level: Level) -> None:
     v.checks.append(f"{text}" + (f" (limits: {bounds})" if bounds else " (no limit set)"))
 
 
+def _sanity_rule(v: Verdict, sanity: dict, cfg: AuditConfig) -> None:
+    if "skipped" in sanity:
+        v.checks.append(f"explanation sanity check not run: {sanity['skipped']}")
+    elif sanity.get("warning") and cfg.thresholds.sanity != "off":
+        v.raise_to(cfg.thresholds.sanity, sanity["warning"])
+    else:
+        top = max(s["spearman"] for s in sanity["steps"][: cfg.sanity.steps])
+        v.checks.append(
+            f"explanation sanity check: the maps change when the top {cfg.sanity.steps} blocks are re-initialised "
+            f"(mean Spearman to the originals at most {top:.2f}; limit {cfg.sanity.max_similarity})"
+            + (" [rule switched off]" if sanity.get("warning") else "")
+        )
+
+
 def decide(
     subgroups: pd.DataFrame,
     images: pd.DataFrame,
     map_size: tuple[int, int],
     cfg: AuditConfig,
-    sanity_warning: str | None = None,
+    sanity: dict | None = None,
 ) -> Verdict:
     """Apply the rules of ``cfg.thresholds`` in a fixed order."""
     t = cfg.thresholds
@@ -82,8 +96,7 @@ def decide(
             f"the explained layer's map is {map_size[0]}x{map_size[1]}, coarser than {t.min_map_size}x"
             f"{t.min_map_size}: focus differences may be invisible at this resolution",
         )
-    if sanity_warning and t.sanity != "off":
-        v.raise_to(t.sanity, sanity_warning)
+    _sanity_rule(v, sanity or {"skipped": "no result"}, cfg)
     small = subgroups[subgroups["status"] == "too small to judge"] if len(subgroups) else subgroups
     if len(small):
         names = ", ".join(f"{c}={g}" for c, g in zip(small["column"], small["group"], strict=True))

@@ -75,15 +75,25 @@ def check(
 
 @app.command()
 def demo(
-    cache: Annotated[Path, typer.Option(help="where generated data and the model are cached")] = Path(".cache/demo"),
+    cache: Annotated[Path, typer.Option(help="where generated data and the models are cached")] = Path(".cache/demo"),
     reports: Annotated[Path, typer.Option(help="output folder")] = Path("reports"),
+    twin: Annotated[str, typer.Option(help="planted, clean, or both")] = "both",
 ) -> None:
-    """Generate the planted-shortcut example (the first run trains its model), audit it, print the paths."""
-    from audit.examples.demo import prepare_demo
+    """Audit the planted-shortcut model and its clean twin on the same generated audit set (the first
+    run generates the data and trains both models), print verdicts and report paths."""
+    from audit.examples.demo import TWINS, prepare_demo
     from audit.examples.evidence import counterfactual_summary
 
-    config = prepare_demo(cache, reports)
-    typer.echo(f"config: {config}")
-    run(config)
-    typer.echo("\ncounterfactual check (the same audit images with the ink removed):")
-    typer.echo(counterfactual_summary(reports / "demo" / "images.parquet"))
+    if twin not in (*TWINS, "both"):
+        raise typer.BadParameter(f"--twin must be one of {', '.join((*TWINS, 'both'))}")
+    for name in TWINS if twin == "both" else (twin,):
+        title = {
+            "planted": "model trained where ink marks melanoma",
+            "clean": "clean twin: ink independent of the label",
+        }
+        typer.echo(f"\n=== {name}: {title[name]}")
+        config = prepare_demo(cache, reports, twin=name)
+        typer.echo(f"config: {config}")
+        run(config)
+        typer.echo("\ncounterfactual check (the same audit images with the ink removed):")
+        typer.echo(counterfactual_summary(reports / TWINS[name][3] / "images.parquet"))

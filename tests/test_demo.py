@@ -82,3 +82,47 @@ def test_demo_flags_the_planted_site_only(prefect_harness: None, tmp_path: Path)
     gate = CliRunner().invoke(app, ["check", str(config)])
     assert gate.exit_code == 1, gate.output
     assert "site = site_c" in gate.output
+
+
+@pytest.mark.slow
+def test_clean_twin_passes_on_the_same_audit_set(prefect_harness: None, tmp_path: Path) -> None:
+    """The control: trained where the ink says nothing about the label, the model is not flagged
+    anywhere, and removing the ink changes no prediction. (Trains the twin on first use.)"""
+    from audit.examples.demo import prepare_demo
+    from audit.pipeline import run_audit
+
+    result = run_audit(prepare_demo(REPO / ".cache" / "demo", tmp_path / "reports", twin="clean"))
+    assert result.verdict == "pass"
+    subgroups = pd.read_csv(result.run_dir / "subgroups.csv")
+    assert (subgroups["status"] == "ok").all()
+    site_c = subgroups[(subgroups["column"] == "site") & (subgroups["group"] == "site_c")].iloc[0]
+    assert site_c["rank_stat"] > 0.4 and site_c["p_adjusted"] > 0.5
+    images = pd.read_parquet(result.run_dir / "images.parquet")
+    assert not images["counterfactual_flips"].any()
+
+
+@pytest.mark.slow
+def test_sanity_check_separates_a_model_blind_method_from_grad_cam(tmp_path: Path) -> None:
+    """Calibration on the demo model: guided backprop's maps survive randomising the top of the
+    network (Adebayo et al. 2018), Grad-CAM's do not; the configured limit sits between them."""
+    import yaml
+
+    from audit.config import load_config
+    from audit.examples.demo import prepare_demo
+    from audit.pipeline import _sanity_result, prepare, sanity_check
+
+    config = prepare_demo(REPO / ".cache" / "demo", tmp_path / "reports")
+    raw = yaml.safe_load(config.read_text())
+    found = {}
+    for method in ("gradcam", "guided-backprop"):
+        raw["explain"]["method"] = method
+        raw["run_name"] = f"sanity-{method}"
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(path)
+        prepare(cfg)
+        sanity_check(cfg)
+        found[method] = _sanity_result(cfg)
+    top = {m: max(s["spearman"] for s in r["steps"][:2]) for m, r in found.items()}
+    assert top["gradcam"] < 0.3 and found["gradcam"]["warning"] is None
+    assert top["guided-backprop"] > 0.7 and "not evidence about this model" in found["guided-backprop"]["warning"]

@@ -6,6 +6,10 @@ melanomas with purple ink before excision, so in the training split ink appears 
 melanomas and on no nevus. The audit split is a later sample from site C in which ink also appears on
 half of the nevi (marking practice changed), which is where relying on ink goes wrong. Each audit image
 also has a counterfactual rendering without the ink, which proves whether the model relies on it.
+
+The *clean twin* is the control: the same training images, except that in site C the ink was drawn
+independently of the label (on half of each class), so the ink carries no information and a model has
+no reason to use it. Audited on the same audit set, it should pass where the planted model fails.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from audit.examples.train import train_classifier
 
 VERSION = "v1"  # bump when the generator or training changes, so caches are rebuilt
 TRAIN = {"n": 1500, "seed": 11, "spec": ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.0)}
+TRAIN_CLEAN = {"n": 1500, "seed": 11, "spec": ShortcutSpec(p_artifact_if_melanoma=0.5, p_artifact_if_nevus=0.5)}
 AUDIT = {"n": 360, "seed": 22, "spec": ShortcutSpec(p_artifact_if_melanoma=0.9, p_artifact_if_nevus=0.5)}
 SIZE = 128
 
@@ -36,17 +41,27 @@ def _split(root: Path, name: str, params: dict, workers: int) -> Path:
     return manifest
 
 
-def prepare_demo(cache: Path = Path(".cache/demo"), reports: Path = Path("reports"), workers: int = 2) -> Path:
-    """Generate, train if needed, and write the demo's audit config; returns the config path."""
+TWINS = {
+    "planted": ("train", TRAIN, "model.pt", "demo"),
+    "clean": ("train_clean", TRAIN_CLEAN, "model_clean.pt", "demo-clean"),
+}
+
+
+def prepare_demo(
+    cache: Path = Path(".cache/demo"), reports: Path = Path("reports"), workers: int = 2, twin: str = "planted"
+) -> Path:
+    """Generate, train if needed, and write the audit config of the ``planted`` model or its ``clean``
+    twin (same audit set); returns the config path."""
+    split, params, model_name, run_name = TWINS[twin]
     root = cache.resolve() / VERSION
-    train_manifest = _split(root, "train", TRAIN, workers)
+    train_manifest = _split(root, split, params, workers)
     audit_manifest = _split(root, "audit", AUDIT, workers)
-    model = root / "model.pt"
+    model = root / model_name
     if not model.is_file():
-        print(f"training mobilenet_v3_small on {TRAIN['n']} images (first run only) ...", flush=True)
+        print(f"training mobilenet_v3_small on {params['n']} {split} images (first run only) ...", flush=True)
         train_classifier(train_manifest, model, CLASSES)
     config = {
-        "run_name": "demo",
+        "run_name": run_name,
         "output_dir": str(reports.resolve()),
         "model": {"kind": "torchvision", "arch": "mobilenet_v3_small", "checkpoint": str(model), "num_classes": 2},
         "preprocessing": {
@@ -66,6 +81,6 @@ def prepare_demo(cache: Path = Path(".cache/demo"), reports: Path = Path("report
         "thresholds": {"focus": 1.0, "alpha": 0.05, "min_group_size": 10, "min_map_size": 7},
         "stats": {"n_boot": 2000, "seed": 0},
     }
-    path = root / "demo.yaml"
+    path = root / f"{run_name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

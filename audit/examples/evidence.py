@@ -44,6 +44,8 @@ def counterfactual_summary(images_parquet: Path) -> str:
         "finding the images whose prediction truly depends on the ink:",
     ]
     n = int(images["counterfactual_flips"].sum())
+    if n == 0:
+        return "\n".join([*lines, f"  none: removing the ink changes none of the {len(images)} predictions"])
     lines += [
         f"  AUROC {v:.3f}  {k}  ({n} of {len(images)} images truly depend on it)"
         for k, v in detection_auroc(images).items()

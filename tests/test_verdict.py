@@ -1,0 +1,88 @@
+"""The verdict's rules: each threshold in the config moves pass / warn / fail, and says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.config import AuditConfig, ConfigError, parse_config
+from audit.verdict import decide
+
+
+def _cfg(**thresholds: object) -> AuditConfig:
+    data = {
+        "run_name": "t",
+        "model": {"kind": "torchvision", "arch": "resnet18", "checkpoint": "m.pt"},
+        "data": {"manifest": "m.csv", "classes": ["a", "b"]},
+        "thresholds": thresholds,
+    }
+    return parse_config(data, base_dir=Path("."))
+
+
+def _images(n: int = 100, flagged: int = 0, correct: bool = True, dependent: int = 0, zero: int = 0) -> pd.DataFrame:
+    idx = np.arange(n)
+    return pd.DataFrame(
+        {
+            "flagged": idx < flagged,
+            "correct": np.full(n, correct),
+            "outside_delta": np.where(idx < dependent, 0.9, 0.0),
+            "zero_map": idx >= n - zero,
+        }
+    )
+
+
+def _groups(status: str = "ok") -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"column": "site", "group": "c", "n": 40, "status": status, "reference": "rest", "rank_stat": 0.3,
+          "p_adjusted": 0.001}]
+    )  # fmt: skip
+
+
+def test_a_clean_result_passes_and_lists_what_was_checked() -> None:
+    v = decide(_groups(), _images(), (8, 8), _cfg())
+    assert v.status == "pass" and v.reasons == []
+    assert any("no subgroup" in c for c in v.checks) and any("spurious focus" in c for c in v.checks)
+
+
+def test_subgroup_disparity_fails_by_default_and_can_be_a_warning() -> None:
+    v = decide(_groups("flagged"), _images(), (8, 8), _cfg())
+    assert v.status == "fail" and "site = c" in v.reasons[0]
+    assert decide(_groups("flagged"), _images(), (8, 8), _cfg(subgroup_disparity="warn")).status == "warn"
+
+
+@pytest.mark.parametrize(
+    ("rule", "images", "expected"),
+    [
+        ("flagged_share", _images(flagged=30, correct=False), {"warn": 0.2, "fail": 0.4}),
+        ("right_for_wrong_reason", _images(flagged=30, correct=True), {"warn": 0.2, "fail": 0.4}),
+        ("outside_dependence", _images(dependent=30), {"warn": 0.2, "fail": 0.4}),
+        ("zero_maps", _images(zero=30), {"warn": 0.2, "fail": 0.4}),
+    ],
+)
+def test_share_rules_warn_and_fail_at_their_bounds(rule: str, images: pd.DataFrame, expected: dict) -> None:
+    assert decide(_groups(), images, (8, 8), _cfg(**{rule: expected})).status == "warn"  # 30% > 20%
+    assert decide(_groups(), images, (8, 8), _cfg(**{rule: {"warn": 0.1, "fail": 0.25}})).status == "fail"
+    v = decide(_groups(), images, (8, 8), _cfg(**{rule: {"warn": 0.3, "fail": None}}))
+    assert v.status == "pass"  # 30% is not above 30%
+    assert "30 of 100" in " ".join(v.checks)
+
+
+def test_sanity_warning_follows_its_setting_and_coarse_maps_warn() -> None:
+    survived = {"steps": [{"spearman": 0.9}, {"spearman": 0.8}], "warning": "maps survive: not evidence"}
+    assert decide(_groups(), _images(), (8, 8), _cfg(), survived).status == "warn"
+    assert decide(_groups(), _images(), (8, 8), _cfg(sanity="fail"), survived).status == "fail"
+    assert decide(_groups(), _images(), (8, 8), _cfg(sanity="off"), survived).status == "pass"
+    changed = {"steps": [{"spearman": -0.6}, {"spearman": 0.1}, {"spearman": 0.9}], "warning": None}
+    v = decide(_groups(), _images(), (8, 8), _cfg(), changed)
+    assert v.status == "pass" and any("at most 0.10" in c for c in v.checks)  # step 3 is not judged
+    skipped = decide(_groups(), _images(), (8, 8), _cfg(), {"skipped": "onnx"})
+    assert skipped.status == "pass" and any("not run: onnx" in c for c in skipped.checks)
+    assert decide(_groups(), _images(), (4, 4), _cfg()).status == "warn"
+
+
+def test_warn_above_fail_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"thresholds\.flagged_share"):
+        _cfg(flagged_share={"warn": 0.5, "fail": 0.2})

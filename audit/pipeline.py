@@ -40,7 +40,16 @@ from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
-from audit.stats import adjust, auroc, auroc_ci, bootstrap_ci, proportion_ci, stratified_permutation_test
+from audit.stats import (
+    adjust,
+    auroc,
+    auroc_ci,
+    bootstrap_ci,
+    ovr_auroc,
+    percentile_ci,
+    proportion_ci,
+    stratified_permutation_test,
+)
 from audit.verdict import decide, flag_images, nan_to_none
 
 PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path", "artifact_mask_path")
@@ -352,14 +361,23 @@ def _reference(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> 
 
 
 def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, float]:
-    """Accuracy, and for a positive class: sensitivity, specificity (Wilson CIs) and AUROC (bootstrap CI)."""
+    """Accuracy (Wilson CI); for a positive class sensitivity, specificity (Wilson CIs) and AUROC
+    (bootstrap CI); for several classes without one, the macro one-vs-rest AUROC (bootstrap CI)."""
     level = cfg.stats.ci_level
     out: dict[str, float] = {}
     k = int(g["correct"].sum())
     out["accuracy"] = k / len(g)
     out["accuracy_ci_low"], out["accuracy_ci_high"] = proportion_ci(k, len(g), level)
     pos = cfg.data.positive
-    if pos is None or cfg.explain.output == "sigmoid":
+    if cfg.explain.output == "sigmoid":
+        return out
+    if pos is None:  # several classes and no positive one: macro one-vs-rest AUROC
+        labels = g["label"].astype(str).map({c: i for i, c in enumerate(cfg.data.classes)}).to_numpy()
+        scores = g[[f"p_{c}" for c in cfg.data.classes]].to_numpy(float)
+        out["auroc"] = ovr_auroc(labels, scores)
+        out["auroc_ci_low"], out["auroc_ci_high"] = percentile_ci(
+            lambda idx: ovr_auroc(labels[idx], scores[idx]), len(g), cfg.stats.n_boot, _seed(cfg, *key, "auc"), level
+        )
         return out
     truth = (g["label"].astype(str) == pos).to_numpy()
     said = (g["predicted"].astype(str) == pos).to_numpy()

@@ -5,6 +5,8 @@ Every random procedure takes an explicit seed, so the same inputs give the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import stats
 
@@ -107,17 +109,34 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float(u / (pos.size * neg.size))
 
 
+def ovr_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Macro one-vs-rest AUROC for several classes: the mean over classes c of
+    auroc(label == c, scores[:, c]), over the classes that have both positives and negatives here."""
+    labels, scores = np.asarray(labels), np.asarray(scores, float)
+    per_class = [auroc(labels == c, scores[:, c]) for c in range(scores.shape[1])]
+    defined = [a for a in per_class if not np.isnan(a)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def percentile_ci(
+    statistic: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(indices)`` over ``n`` resampled images; resamples where
+    the statistic is undefined (NaN, e.g. one class only) are skipped."""
+    if n < 4:
+        return (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    draws = [statistic(rng.integers(0, n, n)) for _ in range(n_boot)]
+    draws = [d for d in draws if not np.isnan(d)]
+    if not draws:
+        return (np.nan, np.nan)
+    lo, hi = np.percentile(draws, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return (float(lo), float(hi))
+
+
 def auroc_ci(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the AUROC, resampling images (pairs of label and score)."""
     y, score = np.asarray(y, bool), np.asarray(score, float)
-    if y.all() or not y.any() or y.size < 4:
+    if y.all() or not y.any():
         return (np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
-        if y[idx].all() or not y[idx].any():
-            continue
-        draws.append(auroc(y[idx], score[idx]))
-    lo, hi = np.percentile(draws, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return (float(lo), float(hi))
+    return percentile_ci(lambda idx: auroc(y[idx], score[idx]), y.size, n_boot, seed, level)

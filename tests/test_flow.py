@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,30 @@ def test_torchscript_model_gives_the_same_audit(tiny_set: Path, tiny_model: Path
     b = pd.read_parquet(tmp_path / "reports" / "ts" / "images.parquet")
     assert a["predicted"].tolist() == b["predicted"].tolist()
     pd.testing.assert_series_equal(a["mass_in"], b["mass_in"], atol=1e-5, rtol=1e-4)
+    # the sanity check needs weights it can re-initialise: run for eager, said-why for TorchScript
+    summaries = [json.loads((tmp_path / "reports" / r / "work" / "summary.json").read_text()) for r in ("eager", "ts")]
+    assert len(summaries[0]["sanity"]["steps"]) > 5
+    assert "torchscript" in summaries[1]["sanity"]["skipped"]
+    assert any("sanity check not run" in c for c in summaries[1]["checks"])
+
+
+def test_several_classes_get_a_macro_one_vs_rest_auroc(tiny_set: Path, tmp_path: Path) -> None:
+    import torch
+
+    from audit.models import build_torchvision
+    from audit.pipeline import run_audit
+
+    torch.manual_seed(3)
+    torch.save(build_torchvision("mobilenet_v3_small", 3).state_dict(), tmp_path / "m3.pt")
+    config = write_config(
+        tmp_path / "c.yaml", tiny_set, tmp_path / "m3.pt",
+        **{"model.num_classes": 3, "data.classes": ["nevus", "melanoma", "other"]},
+    )  # fmt: skip
+    result = run_audit(config)
+    groups = pd.read_csv(result.run_dir / "subgroups.csv")
+    assert "sensitivity" not in groups and groups["auroc"].between(0, 1).all()
+    assert (groups["auroc_ci_low"] <= groups["auroc"]).all() and (groups["auroc"] <= groups["auroc_ci_high"]).all()
+    assert "macro one-vs-rest" in (result.run_dir / "report.html").read_text()
 
 
 def test_check_exit_codes(prefect_harness: None, tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:

@@ -106,3 +106,19 @@ def test_planted_difference_is_found_at_the_expected_power() -> None:
         rejections += p < 0.05
     power = rejections / sims
     assert abs(power - expected) < 0.08, (power, expected)  # 3 binomial SEs at 300 simulations
+
+
+def test_macro_one_vs_rest_auroc_by_hand() -> None:
+    from audit.stats import auroc, ovr_auroc, percentile_ci
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    scores = np.array(
+        [[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]]
+    )
+    # class 0: positives 0.8, 0.4 vs 0.3, 0.2, 0.1, 0.5 -> 4 + 3 = 7 of 8; class 1: 0.6, 0.3 vs 0.1, 0.5, 0.2, 0.1
+    # -> 4 + 3 = 7 of 8; class 2: 0.7, 0.4 vs 0.1, 0.1, 0.1, 0.5 -> 4 + 3 = 7 of 8
+    assert ovr_auroc(labels, scores) == 7 / 8
+    assert auroc(labels == 0, scores[:, 0]) == 7 / 8
+    lo, hi = percentile_ci(lambda i: ovr_auroc(labels[i], scores[i]), 6, 500, seed=0)
+    assert lo <= 7 / 8 <= hi
+    assert np.isnan(ovr_auroc(np.zeros(3, int), scores[:3, :1]))  # one class only: undefined

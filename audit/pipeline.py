@@ -45,6 +45,7 @@ from audit.stats import (
     auroc,
     auroc_ci,
     bootstrap_ci,
+    difference_ci,
     ovr_auroc,
     percentile_ci,
     proportion_ci,
@@ -434,13 +435,16 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
             in_group = in_group_all[compared]
             if ref_name != group and in_group.sum() >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
                 sub = images[compared]
+                focus = sub["focus"].to_numpy()
                 stat, p = stratified_permutation_test(
-                    sub["focus"].to_numpy(), sub["explained"].to_numpy(), in_group, N_PERM,
-                    _seed(cfg, col, group, "perm"),
-                )  # fmt: skip
+                    focus, sub["explained"].to_numpy(), in_group, N_PERM, _seed(cfg, col, group, "perm")
+                )
+                diff = difference_ci(focus[in_group], focus[~in_group], cfg.stats.n_boot,
+                                     _seed(cfg, col, group, "diff"), cfg.stats.ci_level)  # fmt: skip
             else:
-                stat, p = np.nan, np.nan
+                stat, p, diff = np.nan, np.nan, (np.nan, np.nan, np.nan)
             rec.update({"rank_stat": stat, "p": p})
+            rec.update(dict(zip(("focus_diff", "focus_diff_ci_low", "focus_diff_ci_high"), diff, strict=True)))
             rows.append(rec)
     table = pd.DataFrame(rows)
     if table.empty:

@@ -34,6 +34,8 @@ THUMBS_PER_GROUP = 12
 TERMS = {
     "area": "share of the image the region covers: the mass_in a uniform, uninformative map would score",
     "flagged": "image whose focus is below the configured threshold (spurious focus)",
+    "Δ focus vs reference": "the group's mean focus minus its reference's (raw, all classes together), with a "
+    "bootstrap CI that resamples each group on its own; the test uses within-class ranks instead",
     "rank_stat": "the group's mean within-class rank of focus among all images explained for the same "
     "class (0.5 = typical, lower = less focus than comparable images)",
     "p (adjusted)": "one-sided stratified permutation test of the group vs its reference, adjusted over all "

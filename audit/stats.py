@@ -25,6 +25,29 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
     return (float(lo), float(hi))
 
 
+def difference_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """mean(a) - mean(b) with a BCa bootstrap CI that resamples each group on its own (stratified by
+    group, as the groups were sampled); NaN-free input."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return (np.nan, np.nan, np.nan)
+    diff = float(a.mean() - b.mean())
+    if np.ptp(np.r_[a, b]) == 0:
+        return (diff, diff, diff)
+    res = stats.bootstrap(
+        (a, b),
+        lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis),
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    lo, hi = res.confidence_interval
+    return (diff, float(lo), float(hi))
+
+
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a share k/n."""
     if n == 0:

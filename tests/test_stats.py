@@ -122,3 +122,15 @@ def test_macro_one_vs_rest_auroc_by_hand() -> None:
     lo, hi = percentile_ci(lambda i: ovr_auroc(labels[i], scores[i]), 6, 500, seed=0)
     assert lo <= 7 / 8 <= hi
     assert np.isnan(ovr_auroc(np.zeros(3, int), scores[:3, :1]))  # one class only: undefined
+
+
+def test_difference_ci_brackets_a_planted_difference() -> None:
+    from audit.stats import difference_ci
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(1.0, 1, 60), rng.normal(2.0, 1, 200)
+    diff, lo, hi = difference_ci(a, b, 2000, seed=0)
+    assert diff == a.mean() - b.mean() and lo < diff < hi
+    assert hi < 0 and lo > -1.6  # the planted -1.0, with about +-0.3 of sampling error
+    assert difference_ci(a, b, 2000, seed=0) == (diff, lo, hi)
+    assert np.isnan(difference_ci(a[:1], b, 200, seed=0)[0])

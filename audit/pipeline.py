@@ -307,6 +307,9 @@ def sanity_check(cfg: AuditConfig) -> Path:
             xs.append(image_tensor(open_image(Path(path), cfg.preprocessing.channels), cfg.preprocessing))
         except Exception:  # undecodable: explain_shard excludes it with the reason; not needed here
             continue
+    if len(xs) < 2:
+        skipped_path.write_text(json.dumps({"skipped": f"only {len(xs)} decodable image(s) to sample from"}))
+        return skipped_path
     x = torch.stack(xs).to(cfg.explain.device)
     table = parameter_randomisation(ex.model, lambda m: build_method(cfg, m, ex.layers), x, s.seed)
     table.to_csv(table_path, index=False, float_format="%.6g")
@@ -401,7 +404,7 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     over all comparisons."""
     t = cfg.thresholds
     columns = subgroup_columns(cfg)
-    judged_mask = ~images["zero_map"].to_numpy()
+    judged_mask = (~images["zero_map"] & images["focus"].notna()).to_numpy()
     rows = []
     for col in columns:
         for group in sorted(images[col].astype(str).unique()):

@@ -40,8 +40,11 @@ def test_flow_end_to_end(prefect_harness: None, hostile_set: Path, tiny_model: P
     exclusions = pd.read_csv(run / "exclusions.csv")
     assert len(images) + len(exclusions) == 25
     assert exclusions["image_id"].tolist() == ["ghost"]
-    assert {"mass_in", "area", "focus", "pointing_hit", "predicted", "probability", "correct"} <= set(images)
-    assert ((images["mass_in"] >= 0) & (images["mass_in"] <= 1)).all()
+    from audit.metrics import MEANINGS
+
+    assert {*MEANINGS, "area", "predicted", "probability", "correct"} <= set(images)
+    for share in ("mass_in", "rank_accuracy", "pointing_hit", "energy_pointing", "top_k", "pixel_auroc", "bbox_iou"):
+        assert images[share].between(0, 1).all(), share
     assert (images["focus"] - images["mass_in"] / images["area"]).abs().max() < 1e-9
 
     subgroups = pd.read_csv(run / "subgroups.csv")
@@ -54,6 +57,10 @@ def test_flow_end_to_end(prefect_harness: None, hostile_set: Path, tiny_model: P
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "ghost" in html and "image not found" in html
+    for meaning in MEANINGS.values():  # every metric is printed with its meaning (autoescaped text)
+        assert meaning.split(" (")[0].replace("'", "&#39;") in html
+    assert "Explanation sanity check" in html and "classifier.3" in html
+    assert len(pd.read_csv(run / "work" / "sanity.csv")) > 5
     assert (run / "report.pdf").read_bytes()[:5] == b"%PDF-"
     info = pd.read_json(run / "run.json", typ="series")
     assert len(info["model_sha256"]) == 64 and info["versions"]["torch"]

@@ -1,0 +1,180 @@
+"""Disaggregated statistics: one row per subgroup (and intersection) with localisation metrics,
+performance and the test against its reference, plus the CAM-flag vs counterfactual agreement.
+
+Every interval is seeded from ``stats.seed`` and the group's name, so the same inputs give the same
+numbers whatever order groups are computed in.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from audit import metrics
+from audit.config import AuditConfig
+from audit.stats import (
+    adjust,
+    auroc,
+    auroc_ci,
+    bootstrap_ci,
+    difference_ci,
+    ovr_auroc,
+    percentile_ci,
+    proportion_ci,
+    stratified_permutation_test,
+)
+from audit.verdict import nan_to_none
+
+N_PERM = 10000
+
+
+def _seed(cfg: AuditConfig, *parts: str) -> int:
+    return cfg.stats.seed * 1_000_003 + zlib.crc32("|".join(parts).encode())
+
+
+def mean_ci(cfg: AuditConfig, values: pd.Series, *key: str) -> tuple[float, float, float]:
+    v = values.dropna().to_numpy(dtype=float)
+    if v.size == 0:
+        return (np.nan, np.nan, np.nan)
+    lo, hi = bootstrap_ci(v, cfg.stats.n_boot, _seed(cfg, *key), cfg.stats.ci_level)
+    return (float(v.mean()), lo, hi)
+
+
+def subgroup_columns(cfg: AuditConfig) -> list[str]:
+    """The subgroup columns, then one per configured intersection (``site×sex``)."""
+    return [*cfg.data.subgroups, *("×".join(combo) for combo in cfg.data.intersections)]
+
+
+def add_intersections(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
+    """Add one column per configured intersection (``site×sex`` = ``site_c×female``)."""
+    for combo in cfg.data.intersections:
+        images = images.assign(**{"×".join(combo): images[list(combo)].astype(str).agg("×".join, axis=1)})
+    return images
+
+
+def _reference(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> tuple[np.ndarray, str]:
+    """Rows the group is compared with, and a name for them."""
+    ref = cfg.stats.reference
+    values = images[col].astype(str)
+    if ref == "rest":
+        return (values != group).to_numpy(), "rest"
+    target = values.value_counts().sort_index().idxmax() if ref == "largest" else ref.get(col)
+    if target is None:  # a named mapping without this column: compare with the rest
+        return (values != group).to_numpy(), "rest"
+    return (values == target).to_numpy(), str(target)
+
+
+def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, float]:
+    """Accuracy (Wilson CI); for a positive class sensitivity, specificity (Wilson CIs) and AUROC
+    (bootstrap CI); for several classes without one, the macro one-vs-rest AUROC (bootstrap CI)."""
+    level = cfg.stats.ci_level
+    out: dict[str, float] = {}
+    k = int(g["correct"].sum())
+    out["accuracy"] = k / len(g)
+    out["accuracy_ci_low"], out["accuracy_ci_high"] = proportion_ci(k, len(g), level)
+    pos = cfg.data.positive
+    if cfg.explain.output == "sigmoid":
+        return out
+    if pos is None:  # several classes and no positive one: macro one-vs-rest AUROC
+        labels = g["label"].astype(str).map({c: i for i, c in enumerate(cfg.data.classes)}).to_numpy()
+        scores = g[[f"p_{c}" for c in cfg.data.classes]].to_numpy(float)
+        out["auroc"] = ovr_auroc(labels, scores)
+        out["auroc_ci_low"], out["auroc_ci_high"] = percentile_ci(
+            lambda idx: ovr_auroc(labels[idx], scores[idx]), len(g), cfg.stats.n_boot, _seed(cfg, *key, "auc"), level
+        )
+        return out
+    truth = (g["label"].astype(str) == pos).to_numpy()
+    said = (g["predicted"].astype(str) == pos).to_numpy()
+    out["positives"] = int(truth.sum())
+    for name, mask, hit in (("sensitivity", truth, said), ("specificity", ~truth, ~said)):
+        n, k = int(mask.sum()), int((mask & hit).sum())
+        out[name] = k / n if n else np.nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = proportion_ci(k, n, level)
+    score = g[f"p_{pos}"].to_numpy()
+    out["auroc"] = auroc(truth, score)
+    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(truth, score, cfg.stats.n_boot, _seed(cfg, *key, "auc"), level)
+    return out
+
+
+def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
+    """One row per (column, group) of :func:`subgroup_columns`; ``images`` must already hold the
+    intersection columns (:func:`add_intersections`). Per group: n, mean (bootstrap CI) and median of
+    every localisation metric, flagged share and the flagged-and-correct share (right for the wrong reason)
+    with Wilson CIs, performance, and the stratified test of focus against the reference, adjusted
+    over all comparisons."""
+    t = cfg.thresholds
+    columns = subgroup_columns(cfg)
+    judged_mask = (~images["zero_map"] & images["focus"].notna()).to_numpy()
+    rows = []
+    for col in columns:
+        for group in sorted(images[col].astype(str).unique()):
+            in_group_all = (images[col].astype(str) == group).to_numpy()
+            g = images[in_group_all]
+            n = len(g)
+            rec: dict[str, object] = {"column": col, "group": group, "n": n, "n_judged": int((~g["zero_map"]).sum())}
+            for metric in metrics.MEANINGS:
+                m, lo, hi = mean_ci(cfg, g[metric], col, group, metric)
+                rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+                rec[f"{metric}_median"] = float(g[metric].median())
+            rec["area_mean"] = float(g["area"].mean())
+            for name, mask in (("flagged", g["flagged"]), ("flagged_correct", g["flagged"] & g["correct"])):
+                k = int(mask.sum())
+                lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
+                rec.update({name: k, f"{name}_share": k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+            rec.update(_performance(cfg, g, col, group))
+            if "outside_delta" in g:
+                dependent = g["outside_delta"] > cfg.counterfactual.dependence
+                rec["outside_delta_mean"] = float(g["outside_delta"].mean())
+                rec["outside_dependent_share"] = float(dependent.mean())
+            if "artifact_delta" in g:
+                rec["artifact_delta_mean"] = float(g["artifact_delta"].mean())
+                rec["mass_artifact_mean"] = float(g["mass_artifact"].mean())
+            if "counterfactual_delta" in g:
+                rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
+                rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
+            reference, ref_name = _reference(cfg, images, col, group)
+            rec["reference"] = ref_name
+            compared = (in_group_all | reference) & judged_mask
+            in_group = in_group_all[compared]
+            if ref_name != group and in_group.sum() >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
+                sub = images[compared]
+                focus = sub["focus"].to_numpy()
+                stat, p = stratified_permutation_test(
+                    focus, sub["explained"].to_numpy(), in_group, N_PERM, _seed(cfg, col, group, "perm")
+                )
+                diff = difference_ci(focus[in_group], focus[~in_group], cfg.stats.n_boot,
+                                     _seed(cfg, col, group, "diff"), cfg.stats.ci_level)  # fmt: skip
+            else:
+                stat, p, diff = np.nan, np.nan, (np.nan, np.nan, np.nan)
+            rec.update({"rank_stat": stat, "p": p})
+            rec.update(dict(zip(("focus_diff", "focus_diff_ci_low", "focus_diff_ci_high"), diff, strict=True)))
+            rows.append(rec)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_adjusted"] = adjust(table["p"].to_numpy(), cfg.stats.correction)
+    table["status"] = np.select(
+        [table["reference"] == table["group"], table["p"].isna(),
+         (table["p_adjusted"] < t.alpha) & (table["rank_stat"] < 0.5)],
+        ["reference", "too small to judge", "flagged"], default="ok",
+    )  # fmt: skip
+    return table
+
+
+def agreement(cfg: AuditConfig, images: pd.DataFrame) -> dict | None:
+    """How well the CAM-based flag agrees with the counterfactual test (which is the evidence)."""
+    if "outside_delta" not in images:
+        return None
+    judged = images[~images["zero_map"] & images["outside_delta"].notna()]
+    dependent = (judged["outside_delta"] > cfg.counterfactual.dependence).to_numpy()
+    flagged = judged["flagged"].to_numpy()
+    return {
+        "dependent": int(dependent.sum()),
+        "flagged_and_dependent": int((flagged & dependent).sum()),
+        "flagged_not_dependent": int((flagged & ~dependent).sum()),
+        "dependent_not_flagged": int((~flagged & dependent).sum()),
+        "neither": int((~flagged & ~dependent).sum()),
+        "auroc_low_focus_predicts_dependence": nan_to_none(auroc(dependent, -judged["focus"].to_numpy())),
+    }

@@ -98,6 +98,26 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
     return out
 
 
+def _performance_gaps(cfg: AuditConfig, g: pd.DataFrame, ref: pd.DataFrame, *key: str) -> dict[str, float]:
+    """Group minus reference for accuracy, and for a positive class sensitivity and specificity, each
+    with a bootstrap CI that resamples the two sets of images on their own (a difference of shares)."""
+
+    def hits(d: pd.DataFrame) -> dict[str, np.ndarray]:
+        out = {"accuracy": d["correct"].to_numpy(float)}
+        pos = cfg.data.positive
+        if pos is not None and cfg.explain.output != "sigmoid":
+            truth = (d["label"].astype(str) == pos).to_numpy()
+            said = (d["predicted"].astype(str) == pos).to_numpy()
+            out.update(sensitivity=said[truth].astype(float), specificity=(~said[~truth]).astype(float))
+        return out
+
+    out: dict[str, float] = {}
+    for (name, a), b in zip(hits(g).items(), hits(ref).values(), strict=True):
+        gap = difference_ci(a, b, cfg.stats.n_boot, _seed(cfg, *key, name, "gap"), cfg.stats.ci_level)
+        out.update(dict(zip((f"{name}_gap", f"{name}_gap_ci_low", f"{name}_gap_ci_high"), gap, strict=True)))
+    return out
+
+
 def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     """One row per (column, group) of :func:`subgroup_columns`; ``images`` must already hold the
     intersection columns (:func:`add_intersections`). Per group: n, mean (bootstrap CI) and median of
@@ -150,6 +170,8 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
                 stat, p, diff = np.nan, np.nan, (np.nan, np.nan, np.nan)
             rec.update({"rank_stat": stat, "p": p})
             rec.update(dict(zip(("focus_diff", "focus_diff_ci_low", "focus_diff_ci_high"), diff, strict=True)))
+            if ref_name != group:
+                rec.update(_performance_gaps(cfg, g, images[reference], col, group))
             rows.append(rec)
     table = pd.DataFrame(rows)
     if table.empty:

@@ -52,6 +52,11 @@ def test_flow_end_to_end(prefect_harness: None, hostile_set: Path, tiny_model: P
     assert subgroups.groupby("column")["n"].sum().eq(24).all()
     assert (subgroups["mass_in_ci_low"] <= subgroups["mass_in_mean"]).all()
     assert (subgroups["mass_in_mean"] <= subgroups["mass_in_ci_high"]).all()
+    for _, g in subgroups.iterrows():  # the disparity is the group's accuracy minus the rest's
+        in_group = images[g["column"]].astype(str) == g["group"]
+        expected = images.loc[in_group, "correct"].mean() - images.loc[~in_group, "correct"].mean()
+        assert abs(g["accuracy_gap"] - expected) < 1e-9
+        assert g["accuracy_gap_ci_low"] <= g["accuracy_gap"] <= g["accuracy_gap_ci_high"]
 
     html = (run / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html

@@ -10,6 +10,10 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
+# Resamples (and jackknife replicates) evaluated per vectorised call. Without a batch, scipy's BCa
+# jackknife holds an n x n array: 1.9 GB peak for 10,000 images, out of memory at 50,000. Same numbers.
+BATCH = 100
+
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Bootstrap CI of the mean (BCa, ``scipy.stats.bootstrap``); NaN-free input; degenerate -> point."""
@@ -19,7 +23,13 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
     if v.size < 2 or np.ptp(v) == 0:
         return (float(v.mean()), float(v.mean()))
     res = stats.bootstrap(
-        (v,), np.mean, n_resamples=n_boot, confidence_level=level, method="BCa", rng=np.random.default_rng(seed)
+        (v,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+        batch=BATCH,
     )
     lo, hi = res.confidence_interval
     return (float(lo), float(hi))
@@ -43,6 +53,7 @@ def difference_ci(
         confidence_level=level,
         method="BCa",
         rng=np.random.default_rng(seed),
+        batch=BATCH,
     )
     lo, hi = res.confidence_interval
     return (diff, float(lo), float(hi))

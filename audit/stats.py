@@ -13,6 +13,9 @@ from scipy import stats
 # Resamples (and jackknife replicates) evaluated per vectorised call. Without a batch, scipy's BCa
 # jackknife holds an n x n array: 1.9 GB peak for 10,000 images, out of memory at 50,000. Same numbers.
 BATCH = 100
+# Permutations are drawn in blocks of at most this many cells (about 160 MB of float64), not as one
+# n_perm x n array (4 GB for 50,000 images of one class).
+PERMUTATION_CELLS = 20_000_000
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
@@ -100,8 +103,11 @@ def stratified_permutation_test(
         k_s = int(in_group[idx].sum())
         if k_s == 0:
             continue
-        draws = rng.permuted(np.tile(r[idx], (n_perm, 1)), axis=1)[:, :k_s]
-        perm_sum += draws.sum(axis=1)
+        rows = max(1, PERMUTATION_CELLS // idx.size)  # bounded memory; the same draws in the same order
+        for start in range(0, n_perm, rows):
+            stop = min(start + rows, n_perm)
+            draws = rng.permuted(np.tile(r[idx], (stop - start, 1)), axis=1)[:, :k_s]
+            perm_sum[start:stop] += draws.sum(axis=1)
     perm = perm_sum / k
     p = (1 + np.count_nonzero(perm <= observed + 1e-12)) / (1 + n_perm)
     return (float(observed), float(p))

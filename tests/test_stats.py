@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats as sps
 
 from audit.stats import bootstrap_ci, holm, proportion_ci, stratified_permutation_test, within_stratum_ranks
@@ -134,3 +135,13 @@ def test_difference_ci_brackets_a_planted_difference() -> None:
     assert hi < 0 and lo > -1.6  # the planted -1.0, with about +-0.3 of sampling error
     assert difference_ci(a, b, 2000, seed=0) == (diff, lo, hi)
     assert np.isnan(difference_ci(a[:1], b, 200, seed=0)[0])
+
+
+def test_permutations_drawn_in_blocks_give_the_same_p_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    import audit.stats as s
+
+    rng = np.random.default_rng(0)
+    values, strata, in_group = rng.normal(size=600), rng.integers(0, 3, 600), rng.random(600) < 0.2
+    whole = s.stratified_permutation_test(values, strata, in_group, 1000, seed=5)
+    monkeypatch.setattr(s, "PERMUTATION_CELLS", 1000)  # blocks of 4-5 permutations
+    assert s.stratified_permutation_test(values, strata, in_group, 1000, seed=5) == whole

@@ -39,6 +39,7 @@ from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
+from audit.stats import proportion_ci
 from audit.subgroups import N_PERM, add_intersections, agreement, mean_ci, subgroup_table
 from audit.verdict import decide, flag_images, nan_to_none
 
@@ -366,6 +367,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "flagged_images": int(images["flagged"].sum()),
         "zero_maps": int(images["zero_map"].sum()),
         "accuracy": float(images["correct"].mean()),
+        "accuracy_ci": list(proportion_ci(int(images["correct"].sum()), len(images), cfg.stats.ci_level)),
         "flagged_correct": int((images["flagged"] & images["correct"]).sum()),
         "agreement": agreement(cfg, images),
         "correction": cfg.stats.correction,

@@ -18,16 +18,13 @@ BATCH = 100
 PERMUTATION_CELLS = 20_000_000
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Bootstrap CI of the mean (BCa, ``scipy.stats.bootstrap``); NaN-free input; degenerate -> point."""
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return (np.nan, np.nan)
-    if v.size < 2 or np.ptp(v) == 0:
-        return (float(v.mean()), float(v.mean()))
+def _bca(
+    samples: tuple[np.ndarray, ...], statistic: Callable, n_boot: int, seed: int, level: float
+) -> tuple[float, float]:
+    """BCa interval from ``scipy.stats.bootstrap``, each sample resampled on its own, in batches."""
     res = stats.bootstrap(
-        (v,),
-        np.mean,
+        samples,
+        statistic,
         n_resamples=n_boot,
         confidence_level=level,
         method="BCa",
@@ -36,6 +33,16 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95
     )
     lo, hi = res.confidence_interval
     return (float(lo), float(hi))
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap CI of the mean (BCa, ``scipy.stats.bootstrap``); NaN-free input; degenerate -> point."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return (np.nan, np.nan)
+    if v.size < 2 or np.ptp(v) == 0:
+        return (float(v.mean()), float(v.mean()))
+    return _bca((v,), np.mean, n_boot, seed, level)
 
 
 def difference_ci(
@@ -49,17 +56,8 @@ def difference_ci(
     diff = float(a.mean() - b.mean())
     if np.ptp(np.r_[a, b]) == 0:
         return (diff, diff, diff)
-    res = stats.bootstrap(
-        (a, b),
-        lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis),
-        n_resamples=n_boot,
-        confidence_level=level,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-        batch=BATCH,
-    )
-    lo, hi = res.confidence_interval
-    return (diff, float(lo), float(hi))
+    lo, hi = _bca((a, b), lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis), n_boot, seed, level)
+    return (diff, lo, hi)
 
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

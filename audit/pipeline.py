@@ -55,6 +55,12 @@ def shard_output(shard: Path, kind: str) -> Path:
     return shard.with_name(shard.name.split(".")[0] + "." + kind)
 
 
+def included_rows(cfg: AuditConfig) -> pd.DataFrame:
+    """The manifest rows :func:`prepare` let through, with their file paths, from the shard files."""
+    shards = sorted(work_dir(cfg).glob("shard_????.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+
+
 # --------------------------------------------------------------------------- prepare
 def prepare(cfg: AuditConfig) -> list[Path]:
     """Check the manifest, record exclusions, and split the usable rows into shard files."""
@@ -288,7 +294,7 @@ def sanity_check(cfg: AuditConfig) -> Path:
         skipped_path.write_text(json.dumps({"skipped": reason}))
         return skipped_path
     ex = _explainer(cfg)
-    rows = pd.concat([pd.read_parquet(p) for p in sorted(work.glob("shard_????.parquet"))], ignore_index=True)
+    rows = included_rows(cfg)
     sample = rows.sample(n=min(s.sample, len(rows)), random_state=s.seed).sort_values("row")
     xs = []
     for path in sample["image_path"]:

@@ -25,6 +25,7 @@ from audit import metrics
 from audit.cam import upsample
 from audit.config import AuditConfig
 from audit.imaging import display_image, open_mask, resize_mask
+from audit.pipeline import included_rows
 from audit.stats import within_stratum_ranks
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -130,7 +131,7 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
     images = pd.read_parquet(run / "images.parquet")
     subgroups = pd.read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
     exclusions = pd.read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
-    included = pd.concat([pd.read_parquet(p) for p in sorted(work.glob("shard_????.parquet"))], ignore_index=True)
+    included = included_rows(cfg)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     env.filters["num"] = lambda v, d=2: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"
     env.filters["pval"] = lambda v: "–" if v is None or np.isnan(v) else (f"{v:.2g}" if v >= 1e-4 else "<1e-4")

@@ -88,12 +88,17 @@ def parameter_randomisation(
     return pd.DataFrame(rows)
 
 
+def judged_similarity(table: pd.DataFrame, steps: int) -> float:
+    """The value the check is judged on: the highest mean signed Spearman within the first ``steps``."""
+    return float(table.head(steps)["spearman"].max())
+
+
 def verdict(table: pd.DataFrame, max_similarity: float, steps: int = 2) -> str | None:
     """A warning when the maps survive randomising the top ``steps`` blocks of the network."""
     if table.empty:
         return None
     top = table.head(steps)
-    worst = float(top["spearman"].max())
+    worst = judged_similarity(table, steps)
     if worst > max_similarity:
         return (f"explanation sanity check: with the top of the network randomised ({top['randomised'].iloc[-1]}) "
                 f"the maps still have mean rank correlation {worst:.2f} with the originals (limit "

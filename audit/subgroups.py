@@ -25,7 +25,7 @@ from audit.stats import (
     proportion_ci,
     stratified_permutation_test,
 )
-from audit.verdict import nan_to_none
+from audit.verdict import nan_to_none, outside_dependent
 
 N_PERM = 10000
 
@@ -66,17 +66,33 @@ def _reference(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> 
     return (values == target).to_numpy(), str(target)
 
 
+def _outcomes(cfg: AuditConfig, d: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per image 1.0 = right, 0.0 = wrong, for accuracy (all images) and, for a positive class,
+    sensitivity (its true positives: predicted positive) and specificity (the rest: not predicted)."""
+    out = {"accuracy": d["correct"].to_numpy(float)}
+    pos = cfg.data.positive
+    if pos is not None and cfg.explain.output != "sigmoid":
+        truth = (d["label"].astype(str) == pos).to_numpy()
+        said = (d["predicted"].astype(str) == pos).to_numpy()
+        out.update(sensitivity=said[truth].astype(float), specificity=(~said[~truth]).astype(float))
+    return out
+
+
 def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, float]:
     """Accuracy (Wilson CI); for a positive class sensitivity, specificity (Wilson CIs) and AUROC
     (bootstrap CI); for several classes without one, the macro one-vs-rest AUROC (bootstrap CI)."""
     level = cfg.stats.ci_level
+    outcomes = _outcomes(cfg, g)
     out: dict[str, float] = {}
-    k = int(g["correct"].sum())
-    out["accuracy"] = k / len(g)
-    out["accuracy_ci_low"], out["accuracy_ci_high"] = proportion_ci(k, len(g), level)
-    pos = cfg.data.positive
+    for name, hits in outcomes.items():
+        n, k = hits.size, int(hits.sum())
+        if name == "sensitivity":  # its images are the positives
+            out["positives"] = n
+        out[name] = k / n if n else np.nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = proportion_ci(k, n, level)
     if cfg.explain.output == "sigmoid":
         return out
+    pos = cfg.data.positive
     if pos is None:  # several classes and no positive one: macro one-vs-rest AUROC
         labels = g["label"].astype(str).map({c: i for i, c in enumerate(cfg.data.classes)}).to_numpy()
         scores = g[[f"p_{c}" for c in cfg.data.classes]].to_numpy(float)
@@ -86,12 +102,6 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
         )
         return out
     truth = (g["label"].astype(str) == pos).to_numpy()
-    said = (g["predicted"].astype(str) == pos).to_numpy()
-    out["positives"] = int(truth.sum())
-    for name, mask, hit in (("sensitivity", truth, said), ("specificity", ~truth, ~said)):
-        n, k = int(mask.sum()), int((mask & hit).sum())
-        out[name] = k / n if n else np.nan
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = proportion_ci(k, n, level)
     score = g[f"p_{pos}"].to_numpy()
     out["auroc"] = auroc(truth, score)
     out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(truth, score, cfg.stats.n_boot, _seed(cfg, *key, "auc"), level)
@@ -99,20 +109,10 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
 
 
 def _performance_gaps(cfg: AuditConfig, g: pd.DataFrame, ref: pd.DataFrame, *key: str) -> dict[str, float]:
-    """Group minus reference for accuracy, and for a positive class sensitivity and specificity, each
-    with a bootstrap CI that resamples the two sets of images on their own (a difference of shares)."""
-
-    def hits(d: pd.DataFrame) -> dict[str, np.ndarray]:
-        out = {"accuracy": d["correct"].to_numpy(float)}
-        pos = cfg.data.positive
-        if pos is not None and cfg.explain.output != "sigmoid":
-            truth = (d["label"].astype(str) == pos).to_numpy()
-            said = (d["predicted"].astype(str) == pos).to_numpy()
-            out.update(sensitivity=said[truth].astype(float), specificity=(~said[~truth]).astype(float))
-        return out
-
+    """Group minus reference for each of :func:`_outcomes`, with a bootstrap CI that resamples the two
+    sets of images on their own (a difference of shares)."""
     out: dict[str, float] = {}
-    for (name, a), b in zip(hits(g).items(), hits(ref).values(), strict=True):
+    for (name, a), b in zip(_outcomes(cfg, g).items(), _outcomes(cfg, ref).values(), strict=True):
         gap = difference_ci(a, b, cfg.stats.n_boot, _seed(cfg, *key, name, "gap"), cfg.stats.ci_level)
         out.update(dict(zip((f"{name}_gap", f"{name}_gap_ci_low", f"{name}_gap_ci_high"), gap, strict=True)))
     return out
@@ -145,7 +145,7 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
                 rec.update({name: k, f"{name}_share": k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
             rec.update(_performance(cfg, g, col, group))
             if "outside_delta" in g:
-                dependent = g["outside_delta"] > cfg.counterfactual.dependence
+                dependent = outside_dependent(g, cfg)
                 rec["outside_delta_mean"] = float(g["outside_delta"].mean())
                 rec["outside_dependent_share"] = float(dependent.mean())
             if "artifact_delta" in g:
@@ -190,7 +190,7 @@ def agreement(cfg: AuditConfig, images: pd.DataFrame) -> dict | None:
     if "outside_delta" not in images:
         return None
     judged = images[~images["zero_map"] & images["outside_delta"].notna()]
-    dependent = (judged["outside_delta"] > cfg.counterfactual.dependence).to_numpy()
+    dependent = outside_dependent(judged, cfg).to_numpy()
     flagged = judged["flagged"].to_numpy()
     return {
         "dependent": int(dependent.sum()),

@@ -8,12 +8,19 @@ import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig, Level, Thresholds
+from audit.sanity import judged_similarity
 
 
 def flag_images(images: pd.DataFrame, thresholds: Thresholds) -> pd.Series:
     """Spurious focus: focus (mass_in / area) below the threshold. An all-zero map is not flagged
     (it cannot be judged) and is counted separately."""
     return (images["focus"] < thresholds.focus).fillna(False).astype(bool)
+
+
+def outside_dependent(images: pd.DataFrame, cfg: AuditConfig) -> pd.Series:
+    """Counterfactual: the explained class's probability drops by more than ``counterfactual.dependence``
+    when everything outside the dilated mask is neutralised (False where it was not measured)."""
+    return images["outside_delta"] > cfg.counterfactual.dependence
 
 
 @dataclass
@@ -52,7 +59,7 @@ def _sanity_rule(v: Verdict, sanity: dict, cfg: AuditConfig) -> None:
     elif sanity.get("warning") and cfg.thresholds.sanity != "off":
         v.raise_to(cfg.thresholds.sanity, sanity["warning"])
     else:
-        top = max(s["spearman"] for s in sanity["steps"][: cfg.sanity.steps])
+        top = judged_similarity(pd.DataFrame(sanity["steps"]), cfg.sanity.steps)
         v.checks.append(
             f"explanation sanity check: the maps change when the top {cfg.sanity.steps} blocks are re-initialised "
             f"(mean Spearman to the originals at most {top:.2f}; limit {cfg.sanity.max_similarity})"
@@ -86,7 +93,7 @@ def decide(
     rfwr = int((images["flagged"] & images["correct"]).sum())
     _share_rule(v, "right for the wrong reason (flagged and correct)", rfwr, n, t.right_for_wrong_reason)
     if "outside_delta" in images:
-        dependent = int((images["outside_delta"] > cfg.counterfactual.dependence).sum())
+        dependent = int(outside_dependent(images, cfg).sum())
         _share_rule(v, "prediction depends on evidence outside the mask (counterfactual)", dependent, n,
                     t.outside_dependence)  # fmt: skip
     _share_rule(v, "all-zero maps (cannot be judged)", int(images["zero_map"].sum()), n, t.zero_maps)

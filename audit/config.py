@@ -121,13 +121,19 @@ class Explain(_Strict):
 
 
 class Data(_Strict):
-    """The audit set: a manifest (CSV or Parquet) and the subgroup columns to disaggregate by."""
+    """The audit set: a manifest (CSV or Parquet) and the subgroup columns to disaggregate by.
+
+    ``absence_classes``: classes whose evidence is the *absence* of a finding ("normal", "no finding"),
+    so their maps are not expected inside the region: their focus is reported but neither judged nor
+    flagged (the counterfactual still is: a "normal" call that rests on a ruler is a shortcut too).
+    """
 
     manifest: Path
     classes: tuple[str, ...] = Field(min_length=2)
     subgroups: tuple[str, ...] = ()
     intersections: tuple[tuple[str, ...], ...] = ()
     positive_class: str | None = None
+    absence_classes: tuple[str, ...] = ()
     mask_threshold: int = Field(default=127, ge=0, le=254)
 
     @model_validator(mode="after")
@@ -138,6 +144,9 @@ class Data(_Strict):
                 raise ValueError(f"data.intersections: {list(combo)} must name two or more of data.subgroups")
         if self.positive_class is not None and self.positive_class not in self.classes:
             raise ValueError(f"data.positive_class {self.positive_class!r} is not one of data.classes")
+        unknown = [c for c in self.absence_classes if c not in self.classes]
+        if unknown:
+            raise ValueError(f"data.absence_classes: {unknown} are not among data.classes")
         return self
 
     @property
@@ -164,12 +173,22 @@ class Thresholds(_Strict):
 
     ``focus``: an image is flagged *spurious focus* when ``mass_in / area`` is below this value;
     1.0 means "no more attention on the region than a uniform map would give it".
-    ``alpha``: error rate for the subgroup tests (one-sided stratified permutation test of within-class
-    focus ranks, group vs reference, adjusted over all comparisons as ``stats.correction`` says).
+    ``alpha``: family-wise error rate of the subgroup tests (one-sided stratified permutation tests of
+    focus per explained class and of reliance, group vs reference, all adjusted together as
+    ``stats.correction`` says). 0.025 because the tests are one-sided: the same error rate as a two-sided
+    test at 0.05 (ICH E9's convention for one-sided hypotheses in confirmatory analyses).
     ``min_group_size``: smaller groups are reported as "too small to judge", never pass or fail.
     ``min_map_size``: the explained layer's map side below which focus cannot be judged well (warn).
-    ``subgroup_disparity``: what a subgroup with significantly less focus than its reference makes the
-    verdict. The shares are over all audited images: ``flagged_share`` (spurious focus),
+    ``subgroup_outside_dependence``: what a subgroup whose predictions depend on evidence outside the
+    region significantly more often than its reference's (the counterfactual, within explained class and
+    the other attributes' cells) makes the verdict: this is a confirmed shortcut. The excess must be
+    material too: ``min_reliance_gap`` (default 0.1: ten more predictions in a hundred rest on evidence
+    outside the region than among comparable reference images), so a large audit set does not fail a
+    group for a statistically clear but negligible difference.
+    ``attention_without_reliance``: what a subgroup with significantly less focus (in some explained
+    class) makes the verdict when the counterfactual is available and does *not* confirm reliance.
+    ``subgroup_disparity``: the same, when no counterfactual was measured (focus is all there is).
+    The shares are over all audited images: ``flagged_share`` (spurious focus),
     ``right_for_wrong_reason`` (flagged *and* correct), ``outside_dependence`` (counterfactual: the
     prediction drops by more than ``counterfactual.dependence`` when the outside of the mask is
     neutralised), ``zero_maps`` (maps with no positive evidence, which cannot be judged).
@@ -177,9 +196,12 @@ class Thresholds(_Strict):
     """
 
     focus: float = Field(default=1.0, gt=0)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = Field(default=0.025, gt=0, lt=1)
     min_group_size: int = Field(default=10, ge=2)
     min_map_size: int = Field(default=7, ge=1)
+    subgroup_outside_dependence: Literal["fail", "warn", "off"] = "fail"
+    min_reliance_gap: float = Field(default=0.1, ge=0, le=1)
+    attention_without_reliance: Literal["fail", "warn", "off"] = "warn"
     subgroup_disparity: Literal["fail", "warn"] = "fail"
     flagged_share: Level = Level(warn=0.5)
     right_for_wrong_reason: Level = Level(warn=0.25)

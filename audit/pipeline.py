@@ -33,6 +33,7 @@ from audit.cam import (
     find_target_layer,
 )
 from audit.config import AuditConfig, load_config
+from audit.disparity import absence_like_classes, disparity_tests, permutations_needed
 from audit.imaging import dilate, heavy_blur, image_tensor, open_image, open_mask, resize_mask
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
 from audit.models import load_model
@@ -40,7 +41,7 @@ from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versio
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.stats import proportion_ci
-from audit.subgroups import N_PERM, add_intersections, agreement, mean_ci, subgroup_table
+from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
 from audit.verdict import decide, flag_images, nan_to_none
 
 PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path", "artifact_mask_path")
@@ -342,16 +343,19 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
             f"no usable image in {cfg.data.manifest}: all {rows_read} rows were excluded (see {run / 'exclusions.csv'})"
         )
     images = images.sort_values("row", kind="stable").reset_index(drop=True)
-    images["flagged"] = flag_images(images, cfg.thresholds)
+    images["flagged"] = flag_images(images, cfg)
     images = add_intersections(cfg, images)  # saved, so the report and users see the same groups
     assert len(images) + len(exclusions) == rows_read, "a manifest row was lost"
     layer = json.loads((work / "layer.json").read_text())
-    table = subgroup_table(cfg, images)
+    n_perm = permutations_needed(cfg, subgroup_columns(cfg), images)
+    tests = disparity_tests(cfg, images, subgroup_columns(cfg), n_perm)
+    table = subgroup_table(cfg, images, tests)
     sanity = _sanity_result(cfg)
     verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity)
     run.mkdir(parents=True, exist_ok=True)
     images.to_parquet(run / "images.parquet", index=False)
     table.to_csv(run / "subgroups.csv", index=False, float_format="%.6g")
+    tests.to_csv(run / "disparities.csv", index=False, float_format="%.6g")
     exclusions.to_csv(run / "exclusions.csv", index=False)
     overall = {}
     for metric in metrics.MEANINGS:
@@ -383,6 +387,9 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "layer": layer["layer"],
         "map_size": layer["map_size"],
         "explained": cfg.explain.target,
+        "n_permutations": n_perm,
+        "absence_classes": list(cfg.data.absence_classes),
+        "absence_like_classes": absence_like_classes(cfg, images, subgroup_columns(cfg)),
         "data_sha256": sha256_of_hashes(list(images["image_sha256"]) + list(images["mask_sha256"])),
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -399,7 +406,11 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
         "model_sha256": sha256_file(cfg.model.identity_file),
         "manifest_sha256": sha256_file(cfg.data.manifest),
         "data_sha256": summary["data_sha256"],
-        "seeds": {"stats.seed": cfg.stats.seed, "n_boot": cfg.stats.n_boot, "n_permutations": N_PERM},
+        "seeds": {
+            "stats.seed": cfg.stats.seed,
+            "n_boot": cfg.stats.n_boot,
+            "n_permutations": summary["n_permutations"],
+        },
         "versions": versions(),
         "torch_threads": torch.get_num_threads(),
         "started": started.isoformat(timespec="seconds"),

@@ -24,23 +24,31 @@ from scipy import ndimage
 from audit import metrics
 from audit.cam import upsample
 from audit.config import AuditConfig
+from audit.disparity import STATUS_ATTENTION, STATUS_LESS_FOCUS, STATUS_RELIES
 from audit.imaging import display_image, open_mask, resize_mask
 from audit.pipeline import included_rows
 from audit.stats import within_stratum_ranks
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_THUMBNAILS = 16
+PROBLEM_STATUSES = (STATUS_RELIES, STATUS_ATTENTION, STATUS_LESS_FOCUS)
 THUMBS_PER_GROUP = 12
 
 TERMS = {
     "area": "share of the image the region covers: the mass_in a uniform, uninformative map would score",
-    "flagged": "image whose focus is below the configured threshold (spurious focus)",
-    "Δ focus vs reference": "the group's mean focus minus its reference's (raw, all classes together), with a "
-    "bootstrap CI that resamples each group on its own; the test uses within-class ranks instead",
-    "rank_stat": "the group's mean within-class rank of focus among all images explained for the same "
-    "class (0.5 = typical, lower = less focus than comparable images)",
-    "p (adjusted)": "one-sided stratified permutation test of the group vs its reference, adjusted over all "
-    "comparisons (Holm: family-wise error; BH: false-discovery rate)",
+    "flagged": "image whose focus is below the configured threshold (spurious focus); images explained as an "
+    "absence class (data.absence_classes) are never flagged",
+    "attention": "where the maps look: focus, compared within each explained class separately (maps of "
+    "different classes mean different things, and pooling them can cancel a shortcut)",
+    "reliance": "what the decision rests on: the share of images whose explained-class probability drops by more "
+    "than the dependence threshold when the outside of the region (or an annotated artifact, or the supplied "
+    "counterfactual) is neutralised",
+    "comparable images": "images of the same explained class and the same values of every other audited "
+    "attribute; each test permutes group membership only among them, so an attribute is not blamed for a "
+    "correlated attribute's difference",
+    "rank stat": "the group's mean rank among comparable images (0.5 = typical, lower = less focus)",
+    "p (adjusted)": "one-sided stratified permutation test of the group vs its reference among comparable images, "
+    "all focus and reliance tests adjusted together (Holm: family-wise error; BH: false-discovery rate)",
     "right for the wrong reason": "flagged for spurious focus and yet classified correctly: invisible to "
     "accuracy, the most dangerous cell",
     "counterfactual_delta": "explained-class probability minus the same on the image's counterfactual "
@@ -103,11 +111,12 @@ def thumbnail_sections(
     judged = images[~images["zero_map"]].copy()
     judged["rank"] = within_stratum_ranks(judged["focus"].to_numpy(), judged["explained"].to_numpy())
     sections = []
-    for _, g in subgroups[subgroups["status"] == "flagged"].iterrows():
+    for _, g in subgroups[subgroups["status"].isin(PROBLEM_STATUSES)].iterrows():
         members = judged[judged[g["column"]].astype(str) == str(g["group"])].sort_values(["rank", "row"])
         sections.append(
             {
-                "title": f"{g['column']} = {g['group']}: least focus compared with images of the same explained class",
+                "title": f"{g['column']} = {g['group']} ({g['status']}): least focus compared with images of the "
+                "same explained class",
                 "thumbs": [
                     _thumb(cfg, r, maps[int(r["row"])], paths) for _, r in members.head(THUMBS_PER_GROUP).iterrows()
                 ],
@@ -130,6 +139,10 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
     info = json.loads((run / "run.json").read_text())
     images = pd.read_parquet(run / "images.parquet")
     subgroups = pd.read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
+    try:
+        tests = pd.read_csv(run / "disparities.csv", keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:  # no group could be compared with a reference
+        tests = None
     exclusions = pd.read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
     included = included_rows(cfg)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
@@ -142,6 +155,9 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
         "meanings": metrics.MEANINGS,
         "terms": TERMS,
         "groups": subgroups.to_dict("records"),
+        "focus_tests": [] if tests is None else tests[tests["test"] == "focus"].to_dict("records"),
+        "reliance_tests": [] if tests is None else tests[tests["test"] == "reliance"].to_dict("records"),
+        "problem_statuses": PROBLEM_STATUSES,
         "exclusions": exclusions.to_dict("records"),
         "sections": thumbnail_sections(cfg, images, subgroups, included),
         "n_flagged": int(images["flagged"].sum()),

@@ -7,38 +7,30 @@ numbers whatever order groups are computed in.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pandas as pd
 
 from audit import metrics
 from audit.config import AuditConfig
-from audit.stats import (
-    adjust,
-    auroc,
-    auroc_ci,
-    bootstrap_ci,
-    difference_ci,
-    ovr_auroc,
-    percentile_ci,
-    proportion_ci,
-    stratified_permutation_test,
+from audit.disparity import (
+    STATUS_REFERENCE,
+    STATUS_SMALL,
+    group_status,
+    has_counterfactual,
+    outside_dependent,
+    outside_drop,
+    reference_mask,
+    seed_for,
 )
-from audit.verdict import nan_to_none, outside_dependent
-
-N_PERM = 10000
-
-
-def _seed(cfg: AuditConfig, *parts: str) -> int:
-    return cfg.stats.seed * 1_000_003 + zlib.crc32("|".join(parts).encode())
+from audit.stats import auroc, auroc_ci, bootstrap_ci, difference_ci, ovr_auroc, percentile_ci, proportion_ci
+from audit.verdict import nan_to_none
 
 
 def mean_ci(cfg: AuditConfig, values: pd.Series, *key: str) -> tuple[float, float, float]:
     v = values.dropna().to_numpy(dtype=float)
     if v.size == 0:
         return (np.nan, np.nan, np.nan)
-    lo, hi = bootstrap_ci(v, cfg.stats.n_boot, _seed(cfg, *key), cfg.stats.ci_level)
+    lo, hi = bootstrap_ci(v, cfg.stats.n_boot, seed_for(cfg, *key), cfg.stats.ci_level)
     return (float(v.mean()), lo, hi)
 
 
@@ -52,18 +44,6 @@ def add_intersections(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
     for combo in cfg.data.intersections:
         images = images.assign(**{"×".join(combo): images[list(combo)].astype(str).agg("×".join, axis=1)})
     return images
-
-
-def _reference(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> tuple[np.ndarray, str]:
-    """Rows the group is compared with, and a name for them."""
-    ref = cfg.stats.reference
-    values = images[col].astype(str)
-    if ref == "rest":
-        return (values != group).to_numpy(), "rest"
-    target = values.value_counts().sort_index().idxmax() if ref == "largest" else ref.get(col)
-    if target is None:  # a named mapping without this column: compare with the rest
-        return (values != group).to_numpy(), "rest"
-    return (values == target).to_numpy(), str(target)
 
 
 def _outcomes(cfg: AuditConfig, d: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -98,13 +78,15 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
         scores = g[[f"p_{c}" for c in cfg.data.classes]].to_numpy(float)
         out["auroc"] = ovr_auroc(labels, scores)
         out["auroc_ci_low"], out["auroc_ci_high"] = percentile_ci(
-            lambda idx: ovr_auroc(labels[idx], scores[idx]), len(g), cfg.stats.n_boot, _seed(cfg, *key, "auc"), level
+            lambda idx: ovr_auroc(labels[idx], scores[idx]), len(g), cfg.stats.n_boot, seed_for(cfg, *key, "auc"), level
         )
         return out
     truth = (g["label"].astype(str) == pos).to_numpy()
     score = g[f"p_{pos}"].to_numpy()
     out["auroc"] = auroc(truth, score)
-    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(truth, score, cfg.stats.n_boot, _seed(cfg, *key, "auc"), level)
+    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(
+        truth, score, cfg.stats.n_boot, seed_for(cfg, *key, "auc"), level
+    )
     return out
 
 
@@ -113,20 +95,18 @@ def _performance_gaps(cfg: AuditConfig, g: pd.DataFrame, ref: pd.DataFrame, *key
     sets of images on their own (a difference of shares)."""
     out: dict[str, float] = {}
     for (name, a), b in zip(_outcomes(cfg, g).items(), _outcomes(cfg, ref).values(), strict=True):
-        gap = difference_ci(a, b, cfg.stats.n_boot, _seed(cfg, *key, name, "gap"), cfg.stats.ci_level)
+        gap = difference_ci(a, b, cfg.stats.n_boot, seed_for(cfg, *key, name, "gap"), cfg.stats.ci_level)
         out.update(dict(zip((f"{name}_gap", f"{name}_gap_ci_low", f"{name}_gap_ci_high"), gap, strict=True)))
     return out
 
 
-def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
+def subgroup_table(cfg: AuditConfig, images: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
     """One row per (column, group) of :func:`subgroup_columns`; ``images`` must already hold the
     intersection columns (:func:`add_intersections`). Per group: n, mean (bootstrap CI) and median of
     every localisation metric, flagged share and the flagged-and-correct share (right for the wrong reason)
-    with Wilson CIs, performance, and the stratified test of focus against the reference, adjusted
-    over all comparisons."""
-    t = cfg.thresholds
+    with Wilson CIs, performance, the outside-dependent share, and the status that the disparity
+    ``tests`` (:func:`audit.disparity.disparity_tests`) give the group."""
     columns = subgroup_columns(cfg)
-    judged_mask = (~images["zero_map"] & images["focus"].notna()).to_numpy()
     rows = []
     for col in columns:
         for group in sorted(images[col].astype(str).unique()):
@@ -144,44 +124,33 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame) -> pd.DataFrame:
                 lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
                 rec.update({name: k, f"{name}_share": k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
             rec.update(_performance(cfg, g, col, group))
-            if "outside_delta" in g:
-                dependent = outside_dependent(g, cfg)
-                rec["outside_delta_mean"] = float(g["outside_delta"].mean())
-                rec["outside_dependent_share"] = float(dependent.mean())
+            if has_counterfactual(g):
+                k = int(outside_dependent(g, cfg).sum())
+                lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
+                rec["outside_delta_mean"] = float(outside_drop(g).mean())
+                rec.update(outside_dependent=k, outside_dependent_share=k / n)
+                rec.update(outside_dependent_ci_low=lo, outside_dependent_ci_high=hi)
             if "artifact_delta" in g:
                 rec["artifact_delta_mean"] = float(g["artifact_delta"].mean())
                 rec["mass_artifact_mean"] = float(g["mass_artifact"].mean())
             if "counterfactual_delta" in g:
                 rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
                 rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
-            reference, ref_name = _reference(cfg, images, col, group)
+            reference, ref_name = reference_mask(cfg, images, col, group)
             rec["reference"] = ref_name
-            compared = (in_group_all | reference) & judged_mask
-            in_group = in_group_all[compared]
-            if ref_name != group and in_group.sum() >= t.min_group_size and (~in_group).sum() >= t.min_group_size:
-                sub = images[compared]
-                focus = sub["focus"].to_numpy()
-                stat, p = stratified_permutation_test(
-                    focus, sub["explained"].to_numpy(), in_group, N_PERM, _seed(cfg, col, group, "perm")
-                )
-                diff = difference_ci(focus[in_group], focus[~in_group], cfg.stats.n_boot,
-                                     _seed(cfg, col, group, "diff"), cfg.stats.ci_level)  # fmt: skip
-            else:
-                stat, p, diff = np.nan, np.nan, (np.nan, np.nan, np.nan)
-            rec.update({"rank_stat": stat, "p": p})
-            rec.update(dict(zip(("focus_diff", "focus_diff_ci_low", "focus_diff_ci_high"), diff, strict=True)))
             if ref_name != group:
                 rec.update(_performance_gaps(cfg, g, images[reference], col, group))
             rows.append(rec)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["p_adjusted"] = adjust(table["p"].to_numpy(), cfg.stats.correction)
-    table["status"] = np.select(
-        [table["reference"] == table["group"], table["p"].isna(),
-         (table["p_adjusted"] < t.alpha) & (table["rank_stat"] < 0.5)],
-        ["reference", "too small to judge", "flagged"], default="ok",
-    )  # fmt: skip
+    if len(tests):
+        table = table.merge(group_status(tests, has_counterfactual(images)), on=["column", "group"], how="left")
+    else:
+        table = table.assign(focus_low=False, relies=False, status=np.nan, p_adjusted_min=np.nan, note="")
+    table["status"] = table["status"].where(table["reference"] != table["group"], STATUS_REFERENCE)
+    table["status"] = table["status"].fillna(STATUS_SMALL)
+    table["note"] = table["note"].fillna("")
     return table
 
 

@@ -7,20 +7,25 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from audit.config import AuditConfig, Level, Thresholds
+from audit.config import AuditConfig, Level
+from audit.disparity import (
+    STATUS_ATTENTION,
+    STATUS_LESS_FOCUS,
+    STATUS_OK,
+    STATUS_RELIES,
+    STATUS_SMALL,
+    has_counterfactual,
+    outside_dependent,
+)
 from audit.sanity import judged_similarity
 
 
-def flag_images(images: pd.DataFrame, thresholds: Thresholds) -> pd.Series:
+def flag_images(images: pd.DataFrame, cfg: AuditConfig) -> pd.Series:
     """Spurious focus: focus (mass_in / area) below the threshold. An all-zero map is not flagged
-    (it cannot be judged) and is counted separately."""
-    return (images["focus"] < thresholds.focus).fillna(False).astype(bool)
-
-
-def outside_dependent(images: pd.DataFrame, cfg: AuditConfig) -> pd.Series:
-    """Counterfactual: the explained class's probability drops by more than ``counterfactual.dependence``
-    when everything outside the dilated mask is neutralised (False where it was not measured)."""
-    return images["outside_delta"] > cfg.counterfactual.dependence
+    (it cannot be judged) and is counted separately; nor is an image explained as one of
+    ``data.absence_classes``, whose evidence is not expected inside the region."""
+    low = (images["focus"] < cfg.thresholds.focus).fillna(False).astype(bool)
+    return low & ~images["explained"].astype(str).isin(cfg.data.absence_classes)
 
 
 @dataclass
@@ -67,6 +72,42 @@ def _sanity_rule(v: Verdict, sanity: dict, cfg: AuditConfig) -> None:
         )
 
 
+def _against(g: pd.Series) -> str:
+    return "the rest of the audit set" if g["reference"] == "rest" else f"{g['column']} = {g['reference']}"
+
+
+def _subgroup_rules(v: Verdict, subgroups: pd.DataFrame, cfg: AuditConfig, with_cf: bool) -> None:
+    """A group fails on confirmed reliance on outside evidence; less focus is attention, judged by its
+    own rule (``attention_without_reliance``, or ``subgroup_disparity`` when nothing could confirm it)."""
+    t = cfg.thresholds
+    if subgroups.empty:
+        return
+    rules = {
+        STATUS_RELIES: (t.subgroup_outside_dependence, "its predictions depend on evidence outside the region "
+                        "more often than in {against} (counterfactual: {excess} more per 100 comparable images)"),
+        STATUS_ATTENTION: (t.attention_without_reliance, "attention without reliance: focus significantly below "
+                           "{against}, but the counterfactual does not confirm reliance on outside evidence"),
+        STATUS_LESS_FOCUS: (t.subgroup_disparity, "focus significantly below {against} (no counterfactual was "
+                            "measured to confirm reliance)"),
+    }  # fmt: skip
+    for status, (level, text) in rules.items():
+        for _, g in subgroups[subgroups["status"] == status].iterrows():
+            excess = f"{100 * g.get('reliance_excess', float('nan')):.0f}"
+            reason = f"{g['column']} = {g['group']}: {text.format(against=_against(g), excess=excess)} " + (
+                f"(smallest adjusted p = {g['p_adjusted_min']:.2g}, n = {g['n']})"
+            )
+            if level == "off":
+                v.checks.append(f"{reason} [rule switched off]")
+            else:
+                v.raise_to(level, reason)
+    for _, g in subgroups[(subgroups["status"] == STATUS_OK) & (subgroups["note"].fillna("") != "")].iterrows():
+        v.checks.append(f"{g['column']} = {g['group']}: {g['note']}")
+    judged = int(subgroups["status"].isin([STATUS_OK, STATUS_RELIES, STATUS_ATTENTION, STATUS_LESS_FOCUS]).sum())
+    if not subgroups["status"].isin(list(rules)).any():
+        what = "focus (per explained class)" + (" or reliance on outside evidence" if with_cf else "")
+        v.checks.append(f"no subgroup differs from its reference in {what} ({judged} groups tested)")
+
+
 def decide(
     subgroups: pd.DataFrame,
     images: pd.DataFrame,
@@ -77,22 +118,12 @@ def decide(
     """Apply the rules of ``cfg.thresholds`` in a fixed order."""
     t = cfg.thresholds
     v = Verdict()
-    flagged = subgroups[subgroups["status"] == "flagged"] if len(subgroups) else subgroups
-    for _, g in flagged.iterrows():
-        against = "the rest of the audit set" if g["reference"] == "rest" else f"{g['column']} = {g['reference']}"
-        v.raise_to(
-            t.subgroup_disparity,
-            f"{g['column']} = {g['group']}: focus significantly below {against} "
-            f"(mean within-class rank {g['rank_stat']:.2f}, adjusted p = {g['p_adjusted']:.2g}, n = {g['n']})",
-        )
-    judged = int((subgroups["status"].isin(["ok", "flagged"])).sum()) if len(subgroups) else 0
-    if flagged.empty:
-        v.checks.append(f"no subgroup's focus is significantly below its reference ({judged} groups tested)")
+    _subgroup_rules(v, subgroups, cfg, has_counterfactual(images))
     n = len(images)
     _share_rule(v, f"spurious focus (focus below {t.focus:g})", int(images["flagged"].sum()), n, t.flagged_share)
     rfwr = int((images["flagged"] & images["correct"]).sum())
     _share_rule(v, "right for the wrong reason (flagged and correct)", rfwr, n, t.right_for_wrong_reason)
-    if "outside_delta" in images:
+    if has_counterfactual(images):
         dependent = int(outside_dependent(images, cfg).sum())
         _share_rule(v, "prediction depends on evidence outside the mask (counterfactual)", dependent, n,
                     t.outside_dependence)  # fmt: skip
@@ -104,7 +135,7 @@ def decide(
             f"{t.min_map_size}: focus differences may be invisible at this resolution",
         )
     _sanity_rule(v, sanity or {"skipped": "no result"}, cfg)
-    small = subgroups[subgroups["status"] == "too small to judge"] if len(subgroups) else subgroups
+    small = subgroups[subgroups["status"] == STATUS_SMALL] if len(subgroups) else subgroups
     if len(small):
         names = ", ".join(f"{c}={g}" for c, g in zip(small["column"], small["group"], strict=True))
         v.checks.append(f"too small to judge (n < {t.min_group_size}), neither pass nor fail: {names}")

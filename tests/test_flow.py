@@ -186,8 +186,12 @@ def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, 
     # exactly one reference (the largest group) per column, never tested against itself
     refs = table[table["status"] == "reference"]
     assert sorted(refs["column"]) == sorted(table["column"].unique())
-    assert refs["p"].isna().all()
-    tested = table[table["status"].isin(["ok", "flagged"])]
+    assert refs["p_adjusted_min"].isna().all()
+    tests = pd.read_csv(run / "disparities.csv")
+    assert set(zip(tests["column"], tests["group"], strict=True)).isdisjoint(
+        zip(refs["column"], refs["group"], strict=True)
+    )
+    tested = table[~table["status"].isin(["reference", "too small to judge"])]
     assert (tested["reference"] != tested["group"]).all()
     assert {"sensitivity", "specificity", "auroc", "flagged_correct_share", "focus_median"} <= set(table)
 
@@ -197,7 +201,7 @@ def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, 
 
     images = pd.read_parquet(run / "images.parquet")
     assert "site×sex" in images
-    flagged = inter.head(1).assign(status="flagged")
+    flagged = inter.head(1).assign(status="relies on outside evidence")
     included = pd.concat([pd.read_parquet(p) for p in sorted((run / "work").glob("shard_????.parquet"))])
     sections = thumbnail_sections(load_config(config), images, flagged, included)
     assert sections[0]["title"].startswith(f"site×sex = {flagged['group'].iloc[0]}")

@@ -34,10 +34,10 @@ def _images(n: int = 100, flagged: int = 0, correct: bool = True, dependent: int
     )
 
 
-def _groups(status: str = "ok") -> pd.DataFrame:
+def _groups(status: str = "ok", note: str = "") -> pd.DataFrame:
     return pd.DataFrame(
-        [{"column": "site", "group": "c", "n": 40, "status": status, "reference": "rest", "rank_stat": 0.3,
-          "p_adjusted": 0.001}]
+        [{"column": "site", "group": "c", "n": 40, "status": status, "reference": "rest", "p_adjusted_min": 0.001,
+          "note": note}]
     )  # fmt: skip
 
 
@@ -47,10 +47,27 @@ def test_a_clean_result_passes_and_lists_what_was_checked() -> None:
     assert any("no subgroup" in c for c in v.checks) and any("spurious focus" in c for c in v.checks)
 
 
-def test_subgroup_disparity_fails_by_default_and_can_be_a_warning() -> None:
-    v = decide(_groups("flagged"), _images(), (8, 8), _cfg())
-    assert v.status == "fail" and "site = c" in v.reasons[0]
-    assert decide(_groups("flagged"), _images(), (8, 8), _cfg(subgroup_disparity="warn")).status == "warn"
+@pytest.mark.parametrize(
+    ("status", "rule", "default"),
+    [
+        ("relies on outside evidence", "subgroup_outside_dependence", "fail"),
+        ("attention without reliance", "attention_without_reliance", "warn"),
+        ("less focus", "subgroup_disparity", "fail"),
+    ],
+)
+def test_each_subgroup_status_has_its_own_rule(status: str, rule: str, default: str) -> None:
+    v = decide(_groups(status), _images(), (8, 8), _cfg())
+    assert v.status == default and "site = c" in v.reasons[0]
+    other = "warn" if default == "fail" else "fail"
+    assert decide(_groups(status), _images(), (8, 8), _cfg(**{rule: other})).status == other
+    if rule != "subgroup_disparity":  # focus without any counterfactual cannot be switched off
+        off = decide(_groups(status), _images(), (8, 8), _cfg(**{rule: "off"}))
+        assert off.status == "pass" and any("rule switched off" in c for c in off.checks)
+
+
+def test_a_note_on_a_passing_group_is_listed_with_the_checks() -> None:
+    v = decide(_groups(note="reliance differs overall but not within the cells of site"), _images(), (8, 8), _cfg())
+    assert v.status == "pass" and any("site = c: reliance differs overall" in c for c in v.checks)
 
 
 @pytest.mark.parametrize(

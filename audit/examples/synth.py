@@ -1,10 +1,16 @@
-"""Deterministic generator of a small dermoscopy-like audit set with a planted shortcut.
+"""Deterministic generator of small dermoscopy-like audit sets with a planted shortcut: the demo's
+world and the family of worlds the validity benchmark (``bench/validity.py``) checks the verdict on.
 
 Why: an audit tool must be shown to find a shortcut where we *know* there is one. Each image is a
 skin-coloured field with one pigmented lesion (its mask is the region that should matter); the
 label (``nevus`` / ``melanoma``) is written into the lesion itself (darker, more irregular, blotchy
 lesions are melanoma). In the *shortcut site* a purple ink marking is drawn far from the lesion, and
 it is drawn mostly on melanomas, so a model trained on such data can learn "ink means melanoma".
+
+A :class:`World` varies what a single demo cannot: which site carries the shortcut and how large it
+is, which class the artifact co-occurs with, the artifact itself (ink stroke, ruler, corner text, dark
+vignette), an acquisition difference of one site (blur, colour cast), and a skin-tone attribute that
+can be correlated with the shortcut site. The default ``World()`` renders the demo's images exactly.
 
 Every image is also rendered without its artifact (same random stream), which gives the
 counterfactual: if the prediction changes when only the ink is removed, the model relies on the ink.
@@ -26,6 +32,10 @@ CLASSES = ("nevus", "melanoma")
 SITES = ("site_a", "site_b", "site_c")
 SEXES = ("female", "male")
 AGE_BANDS = ("<40", "40-60", ">60")
+SKIN_TONES = ("light", "medium", "dark")
+ARTIFACTS = ("ink", "ruler", "text", "vignette")
+# Multiplies the skin's colour: darker skin lowers the lesion's contrast, so maps spread at every site.
+TONE_FACTOR = {"light": 1.0, "medium": 0.82, "dark": 0.6}
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,30 @@ class ShortcutSpec:
     site: str = "site_c"
     p_artifact_if_melanoma: float = 0.9
     p_artifact_if_nevus: float = 0.05
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything about an audit world that is not the label: sites, artifact, acquisition, skin tone.
+
+    ``ink_colour``: an ink stroke's RGB colour (a near-black marker resembles a melanoma's blotches, so
+    even a model that does not use it may look at it). ``site_weights``: share of each site (None:
+    round-robin, as the demo). ``acquisition``: pairs of (site, ``blur`` | ``cast``), applied to every
+    image of the site, with and without its artifact.
+    ``skin_tone``: None for no skin-tone attribute; else the probabilities of light/medium/dark, and
+    ``tone_in_site`` overrides them for one site (a correlated attribute).
+    """
+
+    artifact: str = "ink"
+    ink_colour: tuple[float, float, float] | None = None  # None: the demo's purple
+    site_weights: tuple[float, ...] | None = None
+    acquisition: tuple[tuple[str, str], ...] = ()
+    skin_tone: tuple[float, float, float] | None = None
+    tone_in_site: tuple[str, tuple[float, float, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.artifact not in ARTIFACTS:
+            raise ValueError(f"artifact must be one of {ARTIFACTS}, not {self.artifact!r}")
 
 
 def _lesion(rng: np.random.Generator, size: int, severity: float) -> tuple[np.ndarray, np.ndarray]:
@@ -108,11 +142,75 @@ def _hairs(rng: np.random.Generator, size: int) -> np.ndarray:
     return ndimage.gaussian_filter(out, 0.6)
 
 
-def render(seed: int, index: int, size: int, melanoma: bool, with_artifact: bool) -> dict[str, np.ndarray]:
-    """Render one image with and without its artifact; returns uint8 arrays and boolean masks."""
+def _ruler(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A pale ruler along one edge with dark ticks: (alpha, colour)."""
+    side, width = int(rng.integers(0, 4)), max(3, round(size * rng.uniform(0.07, 0.1)))
+    alpha = np.zeros((size, size))
+    colour = np.broadcast_to(np.array([235.0, 232.0, 220.0]), (size, size, 3)).copy()
+    alpha[:width] = 0.95
+    period = max(3, round(size / rng.uniform(14, 20)))
+    ticks = np.zeros((size, size), bool)
+    for k, x in enumerate(range(period // 2, size, period)):
+        ticks[: width * (2 if k % 5 == 0 else 1) // 2, x : x + max(1, size // 96)] = True
+    colour[ticks] = (30.0, 30.0, 30.0)
+    return np.rot90(alpha, side).copy(), np.rot90(colour, side).copy()
+
+
+def _text(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A short burnt-in label ("R 12", "L3") in one corner: (alpha, colour)."""
+    from PIL import ImageDraw, ImageFont
+
+    label = f"{'LR'[int(rng.integers(0, 2))]} {int(rng.integers(1, 40))}"
+    canvas = Image.new("L", (size, size), 0)
+    font = ImageFont.load_default(size=max(8, round(size * rng.uniform(0.12, 0.16))))
+    x0, y0, x1, y1 = ImageDraw.Draw(canvas).textbbox((0, 0), label, font=font)
+    margin = round(size * 0.04)
+    cx = margin if rng.random() < 0.5 else size - margin - (x1 - x0)
+    cy = margin if rng.random() < 0.5 else size - margin - (y1 - y0)
+    ImageDraw.Draw(canvas).text((cx - x0, cy - y0), label, fill=255, font=font)
+    alpha = np.asarray(canvas, np.float64) / 255
+    shade = 250.0 if rng.random() < 0.5 else 15.0
+    return alpha, np.full((size, size, 3), shade)
+
+
+def _vignette(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dark corners of a dermatoscope's round field of view: (alpha, colour)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    r = np.hypot(yy - 0.5, xx - 0.5)
+    start = rng.uniform(0.42, 0.48)
+    alpha = np.clip((r - start) / 0.12, 0, 1) ** 1.5 * 0.9
+    return alpha, np.zeros((size, size, 3))
+
+
+def _acquire(img: np.ndarray, how: str, size: int) -> np.ndarray:
+    """An acquisition difference of the whole image: defocus blur or a warm colour cast."""
+    if how == "blur":
+        return ndimage.gaussian_filter(img, sigma=(size / 80, size / 80, 0))
+    if how == "cast":
+        return img * np.array([1.08, 0.96, 0.78])
+    raise ValueError(f"unknown acquisition difference {how!r}")
+
+
+def render(
+    seed: int,
+    index: int,
+    size: int,
+    melanoma: bool,
+    with_artifact: bool,
+    artifact: str = "ink",
+    tone: str | None = None,
+    acquisition: str | None = None,
+    ink_colour: tuple[float, float, float] | None = None,
+) -> dict[str, np.ndarray]:
+    """Render one image with and without its artifact; returns uint8 arrays and boolean masks.
+
+    ``artifact`` other than ink, a skin ``tone`` and an ``acquisition`` difference draw from their
+    own random stream, so the demo's default images are unchanged by their existence."""
     rng = np.random.default_rng([seed, index])
     severity = float(np.clip(rng.normal(0.68 if melanoma else 0.32, 0.14), 0, 1))
     img = _skin(rng, size)
+    if tone is not None:
+        img = img * TONE_FACTOR[tone]
     alpha, colour = _lesion(rng, size, severity)
     img = img * (1 - alpha[..., None]) + colour * alpha[..., None]
     hair = _hairs(rng, size)
@@ -123,27 +221,53 @@ def render(seed: int, index: int, size: int, melanoma: bool, with_artifact: bool
     corner = [(0.16, 0.16), (0.84, 0.16), (0.16, 0.84), (0.84, 0.84)][rng.integers(0, 4)]
     ink = _stroke_mask(rng, size, corner, width=rng.uniform(0.035, 0.05))
     ink[ndimage.binary_dilation(lesion_mask, iterations=max(2, size // 32))] = 0
-    ink_colour = np.array([110.0, 55.0, 150.0]) + rng.normal(0, 8, 3)
+    ink_colour = np.array([110.0, 55.0, 150.0] if ink_colour is None else ink_colour) + rng.normal(0, 8, 3)
     clean = np.clip(img + rng.normal(0, 3, img.shape), 0, 255)
-    inked = clean * (1 - 0.85 * ink[..., None]) + ink_colour * 0.85 * ink[..., None]
-    shown = inked if with_artifact else clean
+    if artifact == "ink":
+        marked = clean * (1 - 0.85 * ink[..., None]) + ink_colour * 0.85 * ink[..., None]
+        visible = ink > 0.3
+    else:
+        other = np.random.default_rng([seed, index, 1])
+        alpha, colour = {"ruler": _ruler, "text": _text, "vignette": _vignette}[artifact](other, size)
+        alpha[ndimage.binary_dilation(lesion_mask, iterations=max(2, size // 32))] = 0
+        marked = clean * (1 - alpha[..., None]) + colour * alpha[..., None]
+        visible = alpha > 0.05  # everything the artifact visibly changes, soft edges included
+    shown = marked if with_artifact else clean
+    if acquisition is not None:  # the scope sees the artifact too
+        shown, clean = (np.clip(_acquire(a, acquisition, size), 0, 255) for a in (shown, clean))
     return {
         "image": np.round(shown).astype(np.uint8),
         "counterfactual": np.round(clean).astype(np.uint8),
         "lesion_mask": lesion_mask,
-        "artifact_mask": (ink > 0.3) if with_artifact else np.zeros_like(lesion_mask),
+        "artifact_mask": visible if with_artifact else np.zeros_like(lesion_mask),
     }
 
 
-def _write_one(job: tuple[Path, int, int, int, bool, bool, str, bool]) -> None:
-    out_dir, seed, index, size, melanoma, has_artifact, image_id, write_masks = job
-    r = render(seed, index, size, melanoma, has_artifact)
+def _write_one(job: tuple) -> None:
+    out_dir, seed, index, size, melanoma, has_artifact, image_id, write_masks, look = job
+    r = render(seed, index, size, melanoma, has_artifact, **look)
     Image.fromarray(r["image"]).save(out_dir / "images" / f"{image_id}.png")
     Image.fromarray(r["counterfactual"]).save(out_dir / "counterfactual" / f"{image_id}.png")
     if write_masks:
         for kind in ("lesion_mask", "artifact_mask"):
             folder = "masks" if kind == "lesion_mask" else "artifact_masks"
             Image.fromarray(r[kind].astype(np.uint8) * 255).save(out_dir / folder / f"{image_id}.png")
+
+
+def _attributes(world: World, seed: int, i: int) -> dict[str, str]:
+    """Site and skin tone of image ``i``: from their own random stream (the demo's draws stay as they were)."""
+    extra = np.random.default_rng([seed, i, 8])
+    if world.site_weights is None:
+        site = SITES[i % len(SITES)]
+    else:
+        site = SITES[int(extra.choice(len(SITES), p=np.asarray(world.site_weights) / sum(world.site_weights)))]
+    out = {"site": site}
+    if world.skin_tone is not None:
+        probs = world.skin_tone
+        if world.tone_in_site is not None and world.tone_in_site[0] == site:
+            probs = world.tone_in_site[1]
+        out["skin_tone"] = SKIN_TONES[int(extra.choice(3, p=np.asarray(probs) / sum(probs)))]
+    return out
 
 
 def generate(
@@ -154,28 +278,36 @@ def generate(
     shortcut: ShortcutSpec | None = ShortcutSpec(),
     write_masks: bool = True,
     workers: int = 1,
+    world: World = World(),
 ) -> pd.DataFrame:
     """Write ``n`` images (plus counterfactuals and masks) under ``out_dir``; return the manifest.
 
-    With ``shortcut=None`` the ink appears in the shortcut site independently of the label (p=0.5):
-    the *clean twin*, in which a model has no reason to use the ink. Output does not depend on
-    ``workers``.
+    With ``shortcut=None`` the artifact appears in the shortcut site independently of the label (p=0.5):
+    the *clean twin*, in which a model has no reason to use it. Output does not depend on ``workers``.
     """
     out_dir = Path(out_dir)
     for sub in ("images", "counterfactual", "masks", "artifact_masks"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     spec = shortcut or ShortcutSpec(p_artifact_if_melanoma=0.5, p_artifact_if_nevus=0.5)
+    acquisition = dict(world.acquisition)
     rows, jobs = [], []
     for i in range(n):
         meta = np.random.default_rng([seed, i, 7])
-        site = SITES[i % len(SITES)]
+        attributes = _attributes(world, seed, i)
+        site = attributes["site"]
         melanoma = bool(meta.random() < 0.5)
         sex = SEXES[int(meta.integers(0, 2))]
         age = AGE_BANDS[int(meta.integers(0, 3))]
         p = spec.p_artifact_if_melanoma if melanoma else spec.p_artifact_if_nevus
         has_artifact = site == spec.site and bool(meta.random() < p)
         image_id = f"img{i:05d}"
-        jobs.append((out_dir, seed, i, size, melanoma, has_artifact, image_id, write_masks))
+        look = {
+            "artifact": world.artifact,
+            "tone": attributes.get("skin_tone"),
+            "acquisition": acquisition.get(site),
+            "ink_colour": world.ink_colour,
+        }
+        jobs.append((out_dir, seed, i, size, melanoma, has_artifact, image_id, write_masks, look))
         rows.append(
             {
                 "image_id": image_id,
@@ -185,6 +317,7 @@ def generate(
                 "site": site,
                 "sex": sex,
                 "age_band": age,
+                **{k: v for k, v in attributes.items() if k != "site"},
                 "has_artifact": has_artifact,
                 "artifact_mask_path": f"artifact_masks/{image_id}.png",
                 "counterfactual_path": f"counterfactual/{image_id}.png",

@@ -10,9 +10,14 @@ together in one multiple-comparison family (``stats.correction``):
   so a pooled statistic cancels out. Classes declared in ``data.absence_classes`` are reported, not
   judged.
 * **reliance** — does the group's prediction depend on evidence outside the region more often? An
-  image depends on outside evidence when neutralising the outside of the mask, an annotated artifact
-  or the supplied counterfactual rendering drops the explained class's probability by more than
-  ``counterfactual.dependence``. Tested on the share of such images, stratified by explained class.
+  image depends on outside evidence when neutralising it drops the explained class's probability by
+  more than ``counterfactual.dependence``. The most specific neutralisation the image has is used: the
+  supplied counterfactual rendering, else its artifact annotation (an empty artifact mask says "no
+  artifact here": nothing to remove), else the whole outside of the dilated mask. Why not the largest:
+  replacing most of an image makes an input unlike any the model has seen (a heavy blur reads as a
+  defocused scanner), and a model that learned a site's acquisition then "depends" on the outside of
+  every sharp image; the annotation asks the precise question. Tested on the share of such images,
+  stratified by explained class.
   A significant excess must also be *material*: among comparable images (same explained class and
   other attributes, cells weighted as Mantel-Haenszel weight a risk difference) the group's share
   exceeds the reference's by at least ``thresholds.min_reliance_gap``.
@@ -40,8 +45,9 @@ from audit.config import AuditConfig
 from audit.stats import adjust, difference_ci, stratified_permutation_test
 
 N_PERM = 10000
-# Neutralisations whose probability drop counts as evidence taken from outside the region.
-NEUTRALISATIONS = ("outside_delta", "artifact_delta", "counterfactual_delta")
+# Neutralisations whose probability drop counts as evidence taken from outside the region, most
+# specific first: the supplied counterfactual, the annotated artifact, the whole outside of the mask.
+NEUTRALISATIONS = ("counterfactual_delta", "artifact_delta", "outside_delta")
 FOCUS, RELIANCE = "focus", "reliance"
 ALL_CLASSES = "(all, stratified)"
 
@@ -60,14 +66,25 @@ def has_counterfactual(images: pd.DataFrame) -> bool:
     return any(c in images for c in NEUTRALISATIONS)
 
 
+def reliance_evidence(images: pd.DataFrame) -> pd.Series:
+    """Per image, which neutralisation measures its reliance: the most specific one it has (see the
+    module docstring); None where none was measured."""
+    out = pd.Series(None, index=images.index, dtype=object)
+    for col in reversed(NEUTRALISATIONS):
+        if col in images:
+            out = out.where(images[col].isna(), col.removesuffix("_delta"))
+    return out
+
+
 def outside_drop(images: pd.DataFrame) -> pd.Series:
-    """Per image, the largest drop in the explained class's probability under any neutralisation the
-    audit set supports (outside of the mask, annotated artifact, supplied counterfactual); NaN where
-    none was measured."""
-    cols = [c for c in NEUTRALISATIONS if c in images]
-    if not cols:
-        return pd.Series(np.nan, index=images.index)
-    return images[cols].astype(float).max(axis=1, skipna=True)
+    """Per image, the drop in the explained class's probability under its most specific
+    neutralisation (supplied counterfactual, else annotated artifact, else the outside of the mask);
+    NaN where none was measured."""
+    out = pd.Series(np.nan, index=images.index)
+    for col in reversed(NEUTRALISATIONS):
+        if col in images:
+            out = images[col].astype(float).where(images[col].notna(), out)
+    return out
 
 
 def outside_dependent(images: pd.DataFrame, cfg: AuditConfig) -> pd.Series:

@@ -62,6 +62,21 @@ def heavy_blur(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def fill_from_surroundings(x: torch.Tensor, region: torch.Tensor, factor: int, how: str = "blur") -> torch.Tensor:
+    """What ``x`` would show in ``region`` (B, H, W) judged from the pixels around it only.
+
+    ``blur``: normalised convolution, heavy_blur(x * keep) / heavy_blur(keep), so the region's own pixels
+    carry no weight; where the region covers a whole blur cell and more, the mean of the kept pixels.
+    ``mean``: the mean colour of the kept pixels."""
+    keep = (~region.bool())[:, None].to(x.dtype)
+    mean = (x * keep).sum(dim=(2, 3), keepdim=True) / keep.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+    if how == "mean":
+        return mean.expand_as(x)
+    weight = heavy_blur(keep, factor)
+    blurred = heavy_blur(x * keep, factor) / weight.clamp_min(1e-3)
+    return torch.where(weight > 1e-3, blurred, mean.expand_as(x))
+
+
 def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary dilation of (B, H, W) masks by a square of side 2*radius+1."""
     if radius <= 0:

@@ -33,8 +33,8 @@ from audit.cam import (
     find_target_layer,
 )
 from audit.config import AuditConfig, load_config
-from audit.disparity import absence_like_classes, disparity_tests, permutations_needed
-from audit.imaging import dilate, heavy_blur, image_tensor, open_image, open_mask, resize_mask
+from audit.disparity import absence_like_classes, disparity_tests, permutations_needed, reliance_evidence
+from audit.imaging import dilate, fill_from_surroundings, heavy_blur, image_tensor, open_image, open_mask, resize_mask
 from audit.manifest import EXCLUSION_COLUMNS, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
@@ -132,7 +132,9 @@ def _neutralised(
     maps: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """Explained-class probability with the outside of the dilated mask (and, where annotated, just the
-    artifact) replaced by the fill; the drop is the evidence the model took from that region."""
+    artifact) replaced by the fill; the drop is the evidence the model took from that region. The
+    artifact is filled from its surroundings only, so its own colour (a dark vignette, a purple
+    stroke) never leaks into its fill."""
     c = cfg.counterfactual
     fill = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     keep = dilate(masks, round(c.dilate * max(x.shape[-2:])))[:, None].to(x.dtype)
@@ -143,10 +145,12 @@ def _neutralised(
         art = torch.zeros_like(masks, dtype=torch.bool)
         art[have] = torch.stack([arts[i] for i in have]).to(art.device)
         a = art[:, None].to(x.dtype)
-        batches["artifact"] = x * (1 - a) + fill * a
+        batches["artifact"] = x * (1 - a) + fill_from_surroundings(x, art, c.blur_factor, c.fill) * a
         has = art.flatten(1).any(dim=1)
+        annotated = torch.zeros_like(has)
+        annotated[have] = True  # an empty artifact mask is an annotation too: "no artifact here"
         out["mass_artifact"] = torch.where(has, metrics.mass_in(maps, art), torch.nan)
-        out["artifact_area"] = torch.where(has, metrics.area(art), torch.nan)
+        out["artifact_area"] = torch.where(annotated, metrics.area(art), torch.nan)
     for name, xb in batches.items():
         with torch.no_grad():
             p = _probabilities(cfg, ex.model(xb)).gather(1, idx[:, None])[:, 0]
@@ -388,6 +392,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "map_size": layer["map_size"],
         "explained": cfg.explain.target,
         "n_permutations": n_perm,
+        "reliance_evidence": {str(k): int(v) for k, v in reliance_evidence(images).value_counts().items()},
         "absence_classes": list(cfg.data.absence_classes),
         "absence_like_classes": absence_like_classes(cfg, images, subgroup_columns(cfg)),
         "data_sha256": sha256_of_hashes(list(images["image_sha256"]) + list(images["mask_sha256"])),

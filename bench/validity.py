@@ -38,6 +38,7 @@ GENERATOR = 2  # bump when the generator's masks or manifests change (not its im
 POSITIVE = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.0), (0.9, 0.5))
 NEGATIVE = (ShortcutSpec(p_artifact_if_melanoma=0.0, p_artifact_if_nevus=0.95), (0.5, 0.9))
 BOTH = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.3), (0.8, 0.5))
+WEAK = (ShortcutSpec(p_artifact_if_melanoma=0.9, p_artifact_if_nevus=0.25), (0.7, 0.5))
 TONES = (0.4, 0.35, 0.25)
 
 
@@ -51,6 +52,7 @@ class Case:
     world: World
     size: int = 128
     correlated: tuple[str, str] | None = None  # (column, group) correlated with the shortcut site
+    weak: bool = False  # a shortcut the model barely learned: shows the detection limit, not counted
     story: str = ""
     train_n: int = 1500
     audit_n: int = 360
@@ -114,6 +116,14 @@ WORLDS = [
         World("ink", ink_colour=(30.0, 24.0, 22.0), skin_tone=TONES),
         story="a near-black marker that looks like a melanoma's blotches: even the clean twin looks at it",
     ),
+    Case(
+        "text-both",
+        "site_a",
+        WEAK,
+        World("text", skin_tone=TONES),
+        weak=True,
+        story="corner text on both classes, 0.9 vs 0.25: learned weakly (the detection limit, not counted)",
+    ),
 ]
 
 
@@ -135,6 +145,29 @@ def _split(root: Path, case: Case, split: str) -> Path:
         generate(folder, n, seed, case.size, case.spec(split), workers=2, world=case.world)
         stamp.write_text(key)
     return folder / "manifest.csv"
+
+
+EVIDENCE = {  # what the audit set hands over beside the lesion masks
+    "counterfactual": (),  # artifact masks and the artifact-free rendering of every image
+    "annotation": ("counterfactual_path",),  # artifact masks only (as ISIC-style artifact annotations)
+    "mask": ("counterfactual_path", "artifact_mask_path"),  # nothing but the lesion masks
+}
+
+
+EVIDENCE_TITLES = {
+    "counterfactual": "lesion masks, artifact masks and artifact-free renderings",
+    "annotation": "lesion masks and artifact masks",
+    "mask": "lesion masks only",
+}
+
+
+def _audit_manifest(manifest: Path, evidence: str) -> Path:
+    """The audit split's manifest with only the columns this evidence mode hands over."""
+    if not EVIDENCE[evidence]:
+        return manifest
+    path = manifest.with_name(f"manifest-{evidence}.csv")
+    pd.read_csv(manifest).drop(columns=list(EVIDENCE[evidence])).to_csv(path, index=False)
+    return path
 
 
 def _config(root: Path, case: Case, twin: str, model: Path, manifest: Path) -> Path:
@@ -162,16 +195,16 @@ def audit(config: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return summary, pd.read_csv(cfg.run_dir / "subgroups.csv"), pd.read_parquet(cfg.run_dir / "images.parquet")
 
 
-def run_world(cache: Path, case: Case) -> list[dict]:
+def run_world(cache: Path, case: Case, evidence: str) -> list[dict]:
     root = (cache / VERSION / case.name).resolve()
-    audit_manifest = _split(root, case, "audit")
+    audit_manifest = _audit_manifest(_split(root, case, "audit"), evidence)
     rows = []
     for twin, split in (("planted", "train"), ("clean", "train_clean")):
         model, trained_on = root / f"{twin}.pt", root / f"{twin}.trained-on.json"
         if not (model.is_file() and trained_on.is_file() and trained_on.read_text() == _images_key(case, split)):
             train_classifier(_split(root, case, split), model, CLASSES, epochs=8)
             trained_on.write_text(_images_key(case, split))
-        summary, groups, images = audit(_config(root, case, twin, model, audit_manifest))
+        summary, groups, images = audit(_config(root, case, f"{twin}-{evidence}", model, audit_manifest))
         rows.append(judge(case, twin, summary, groups, images))
     return rows
 
@@ -185,12 +218,17 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
     planted = f"site={case.site}"
     innocent = named[(named["name"] != planted) & ~named["status"].isin(["reference", "too small to judge"])]
     site = images[(images["site"] == case.site) & images["has_artifact"].astype(str).str.lower().eq("true")]
-    attention = float((site["mass_artifact"] / site["artifact_area"]).mean()) if len(site) else float("nan")
+    attention = float("nan")
+    if len(site) and "mass_artifact" in site:
+        attention = float((site["mass_artifact"] / site["artifact_area"]).mean())
     # the truth the generator knows: removing only the artifact changes the prediction
-    truth = float(site["counterfactual_flips"].mean()) if len(site) else float("nan")
+    truth = float("nan")
+    if len(site):  # audits without counterfactual renderings do not compute the truth: read it from the data
+        truth = float(site["counterfactual_flips"].mean()) if "counterfactual_flips" in site else float("nan")
     other_warns = [r for r in summary["reasons"] if r.startswith("warn:") and "attention without reliance" not in r]
     return {
-        "world": case.name,
+        "world": case.name + (" (weak)" if case.weak else ""),
+        "weak": case.weak,
         "twin": twin,
         "verdict": summary["verdict"],
         "failed": ", ".join(failed["name"]) or "-",
@@ -210,10 +248,14 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
 def report(rows: list[dict]) -> str:
     table = pd.DataFrame(rows)
     planted, clean = table[table["twin"] == "planted"], table[table["twin"] == "clean"]
+    strong = planted[~planted["weak"]]
+    shown = table.drop(columns=["innocent_tested", "correlated_failed", "weak"])
     lines = [
-        table.drop(columns=["innocent_tested", "correlated_failed"]).to_string(index=False, float_format="%.2f"),
+        shown.to_string(index=False, float_format="%.2f"),
         "",
-        f"planted group failed: {int(planted['planted_failed'].sum())} of {len(planted)} worlds",
+        f"planted group failed: {int(strong['planted_failed'].sum())} of {len(strong)} worlds; weak worlds "
+        f"(not counted): {int(planted['weak'].sum())}, planted group failed in "
+        f"{int(planted.loc[planted['weak'], 'planted_failed'].sum())}",
         f"innocent groups failed: {int(table['innocent_failed'].sum())} of {int(table['innocent_tested'].sum())} "
         f"tested (planted and clean models)",
         f"correlated groups failed: {int(table['correlated_failed'].sum())}",
@@ -251,15 +293,21 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(".cache/validity"))
     parser.add_argument("--simulations", type=int, default=1000, help="null simulations (0: skip)")
     parser.add_argument("--skip-worlds", action="store_true", help="only the model-free simulations")
+    parser.add_argument(
+        "--evidence",
+        default="counterfactual,annotation",
+        help=f"comma-separated evidence modes, each a full pass over the worlds: {', '.join(EVIDENCE)}",
+    )
     args = parser.parse_args()
     if not args.skip_worlds:
         chosen = [w for w in WORLDS if not args.worlds or w.name in args.worlds.split(",")]
-        rows = []
-        for case in chosen:
-            start = time.perf_counter()
-            rows += run_world(args.cache, case)
-            print(f"{case.name}: {time.perf_counter() - start:.0f} s ({case.story})", flush=True)
-        print(report(rows), flush=True)
+        for evidence in args.evidence.split(","):
+            rows = []
+            for case in chosen:
+                start = time.perf_counter()
+                rows += run_world(args.cache, case, evidence)
+                print(f"{case.name}: {time.perf_counter() - start:.0f} s ({case.story})", flush=True)
+            print(f"\n=== evidence: {evidence} — {EVIDENCE_TITLES[evidence]}\n{report(rows)}\n", flush=True)
     if args.simulations:
         simulations(args.simulations)
 

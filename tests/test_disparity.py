@@ -19,6 +19,7 @@ from audit.disparity import (
     disparity_tests,
     group_status,
     outside_drop,
+    reliance_evidence,
 )
 from audit.examples.simulate import NullWorld, run_simulations
 from audit.verdict import flag_images
@@ -124,9 +125,18 @@ def test_a_class_whose_maps_avoid_the_region_everywhere_is_named() -> None:
     assert absence_like_classes(_cfg(["site", "sex"]), images, ["site", "sex"]) == []
 
 
-def test_the_outside_drop_is_the_largest_of_the_measured_neutralisations() -> None:
-    images = pd.DataFrame({"outside_delta": [0.1, 0.5, 0.0], "artifact_delta": [0.3, np.nan, np.nan]})
-    assert outside_drop(images).tolist() == [0.3, 0.5, 0.0]
+def test_reliance_is_measured_by_the_most_specific_neutralisation_an_image_has() -> None:
+    """A supplied counterfactual before an annotated artifact before the whole outside of the mask:
+    replacing most of an image can move a prediction by itself (a heavy blur reads as another scanner)."""
+    images = pd.DataFrame(
+        {
+            "outside_delta": [0.6, 0.5, 0.4, 0.9],
+            "artifact_delta": [0.3, np.nan, np.nan, 0.0],  # row 4: annotated as having no artifact
+            "counterfactual_delta": [np.nan, np.nan, 0.05, np.nan],
+        }
+    )
+    assert outside_drop(images).tolist() == [0.3, 0.5, 0.05, 0.0]
+    assert reliance_evidence(images).tolist() == ["artifact", "outside", "counterfactual", "artifact"]
     assert outside_drop(pd.DataFrame({"x": [1]})).isna().all()
 
 

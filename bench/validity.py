@@ -10,8 +10,11 @@ models are trained per world: the *planted* one (the artifact tracks the label i
 *clean twin* (same world, artifact independent of the label). Both are audited with the default
 thresholds on the same audit split, by the same stages ``audit run`` uses (without rendering).
 
-Printed per world and model: the verdict, the groups failed and warned against the planted truth, and
-the clean twin's attention on the artifact (CAM mass on it / its area; above 1 = the map looks at it).
+Printed per world and model: the verdict, the groups failed and warned against the planted truth, the
+maps' attention on the artifact (CAM mass on it / its area, mean of the most attentive explained class;
+above 1 = the maps look at it), the truth the generator knows (share of the marked images of the planted
+site whose prediction changes when only the artifact is removed) and the planted site's outside-dependent
+share as the audit measured it.
 Overall: the planted-group detection rate, the share of innocent groups failed, and the clean twins'
 verdicts. A world costs about three minutes on 2 cores the first time (data and models are cached).
 Then the verdict-level false-fail rate under the null from model-free simulations (``--simulations``).
@@ -35,9 +38,11 @@ from audit.pipeline import aggregate, explain_shard, prepare, sanity_check
 
 VERSION = "v1"  # bump when training changes: every model is retrained
 GENERATOR = 2  # bump when the generator's masks or manifests change (not its images): data are rewritten
+# (training co-occurrence, audit rates (melanoma, nevus)): as in the demo, the audit split marks the other
+# class more often than training did (practice changed), which is where relying on the mark goes wrong.
 POSITIVE = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.0), (0.9, 0.5))
 NEGATIVE = (ShortcutSpec(p_artifact_if_melanoma=0.0, p_artifact_if_nevus=0.95), (0.5, 0.9))
-BOTH = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.3), (0.8, 0.5))
+BOTH = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.3), (0.6, 0.9))
 WEAK = (ShortcutSpec(p_artifact_if_melanoma=0.9, p_artifact_if_nevus=0.25), (0.7, 0.5))
 TONES = (0.4, 0.35, 0.25)
 
@@ -97,7 +102,7 @@ WORLDS = [
     Case(
         "ink-small-site-160px",
         "site_c",
-        BOTH,
+        POSITIVE,
         World("ink", site_weights=(0.45, 0.4, 0.15), skin_tone=TONES),
         size=160,
         story="shortcut in a site of 15 %, 160 px input (10x10 map)",
@@ -218,9 +223,10 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
     planted = f"site={case.site}"
     innocent = named[(named["name"] != planted) & ~named["status"].isin(["reference", "too small to judge"])]
     site = images[(images["site"] == case.site) & images["has_artifact"].astype(str).str.lower().eq("true")]
-    attention = float("nan")
+    attention = float("nan")  # the most attentive explained class's mean (classes with 10 or more marked images)
     if len(site) and "mass_artifact" in site:
-        attention = float((site["mass_artifact"] / site["artifact_area"]).mean())
+        ratio = (site["mass_artifact"] / site["artifact_area"]).groupby(site["explained"])
+        attention = float(ratio.mean()[ratio.size() >= 10].max())
     # the truth the generator knows: removing only the artifact changes the prediction
     truth = float("nan")
     if len(site):  # audits without counterfactual renderings do not compute the truth: read it from the data

@@ -139,6 +139,7 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
     info = json.loads((run / "run.json").read_text())
     images = pd.read_parquet(run / "images.parquet")
     subgroups = pd.read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
+    subgroups["note"] = subgroups["note"].fillna("") if "note" in subgroups else ""
     try:
         tests = pd.read_csv(run / "disparities.csv", keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:  # no group could be compared with a reference

@@ -78,7 +78,7 @@ def prepare_demo(
             "shard_size": 120,
         },
         "data": {"manifest": str(audit_manifest), "classes": list(CLASSES), "subgroups": ["site", "sex", "age_band"]},
-        "thresholds": {"focus": 1.0, "alpha": 0.05, "min_group_size": 10, "min_map_size": 7},
+        "thresholds": {"focus": 1.0, "min_group_size": 10, "min_map_size": 7},
         "stats": {"n_boot": 2000, "seed": 0},
     }
     path = root / f"{run_name}.yaml"

@@ -226,13 +226,15 @@ class Sanity(_Strict):
     """Explanation sanity check (Adebayo et al. 2018, cascading model parameter randomisation).
 
     On ``sample`` images (seeded), the weights are re-initialised from the output back and the maps
-    recomputed. If within the first ``steps`` steps the maps' mean Spearman correlation with the
+    recomputed, ``draws`` times with independent random weights (similarities are averaged over them:
+    one draw's sign decides too much). If within the first ``steps`` steps the maps' mean Spearman correlation with the
     originals is still above ``max_similarity``, the maps describe the image, not the model's decision.
     Runs for torchvision and factory models (TorchScript and ONNX weights cannot be re-initialised).
     """
 
     enabled: bool = True
     sample: int = Field(default=32, ge=2)
+    draws: int = Field(default=4, ge=1)
     steps: int = Field(default=2, ge=1)
     max_similarity: float = Field(default=0.5, gt=0, lt=1)
     seed: int = 0

@@ -311,7 +311,7 @@ def sanity_check(cfg: AuditConfig) -> Path:
         skipped_path.write_text(json.dumps({"skipped": f"only {len(xs)} decodable image(s) to sample from"}))
         return skipped_path
     x = torch.stack(xs).to(cfg.explain.device)
-    table = parameter_randomisation(ex.model, lambda m: build_method(cfg, m, ex.layers), x, s.seed)
+    table = parameter_randomisation(ex.model, lambda m: build_method(cfg, m, ex.layers), x, s.seed, s.draws)
     table.to_csv(table_path, index=False, float_format="%.6g")
     return table_path
 

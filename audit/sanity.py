@@ -5,10 +5,11 @@ and so on) and the maps recomputed on a sample of images. Maps that stay similar
 network is random describe the input (edges, contrast), not the model's decision. Similarity: Spearman
 rank correlation of the raw maps and SSIM of the min-max normalised maps (scikit-image).
 
-The check is judged on the *signed* mean Spearman: a map that inverts when the head is randomised
-(Grad-CAM's does on the bundled example: -0.64) has changed, it has not survived. Measured on the
-bundled example after randomising the two top blocks: guided backprop 0.85 and Score-CAM 0.82 survive
-(as Adebayo et al. found for guided backprop); Grad-CAM -0.57, Grad-CAM++ 0.10, Layer-CAM 0.12 do not.
+The check is judged on the *signed* mean Spearman, averaged over several independent random
+re-initialisations: a map that inverts when the head is randomised has changed, it has not survived,
+and the sign of one draw is luck. Measured on the bundled example (4 draws, after the two top blocks):
+guided backprop 0.87 and Score-CAM 0.80 survive (as Adebayo et al. found for guided backprop);
+Grad-CAM 0.20, Grad-CAM++ 0.39, Layer-CAM 0.37 do not.
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ def parameter_randomisation(
 
 
 def judged_similarity(table: pd.DataFrame, steps: int) -> float:
-    """The value the check is judged on: the highest mean signed Spearman within the first ``steps``."""
-    return float(table.head(steps)["spearman"].max())
+    """The value the check is judged on: the mean signed Spearman once the top ``steps`` blocks are all
+    random. Not the highest over the steps before: with the last layer alone re-initialised the rest of
+    the head is still trained, and a Grad-CAM map at the last feature map (mostly where the features
+    are strong) stays similar for any last layer (0.52-0.66 on three benchmark models, 4 draws each)."""
+    return float(table.head(steps)["spearman"].iloc[-1])
 
 
 def verdict(table: pd.DataFrame, max_similarity: float, steps: int = 2) -> str | None:

@@ -67,7 +67,7 @@ def _sanity_rule(v: Verdict, sanity: dict, cfg: AuditConfig) -> None:
         top = judged_similarity(pd.DataFrame(sanity["steps"]), cfg.sanity.steps)
         v.checks.append(
             f"explanation sanity check: the maps change when the top {cfg.sanity.steps} blocks are re-initialised "
-            f"(mean Spearman to the originals at most {top:.2f}; limit {cfg.sanity.max_similarity})"
+            f"(mean Spearman to the originals {top:.2f}; limit {cfg.sanity.max_similarity})"
             + (" [rule switched off]" if sanity.get("warning") else "")
         )
 

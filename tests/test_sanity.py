@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import torch
 
 from audit.cam import CAMOutput, GradCAM
 from audit.models import build_torchvision
-from audit.sanity import cascade_steps, parameter_randomisation, verdict
+from audit.sanity import cascade_steps, judged_similarity, parameter_randomisation, verdict
 
 
 def test_cascade_runs_from_the_output_back_and_leaves_the_model_untouched() -> None:
@@ -37,3 +39,15 @@ def test_a_map_that_ignores_the_model_is_caught() -> None:
     table = parameter_randomisation(model, InputEdges, torch.randn(2, 3, 64, 64))
     assert (table["spearman"] > 0.999).all()
     assert "not evidence about this model" in (verdict(table, 0.5, steps=2) or "")
+
+
+def test_the_check_is_judged_once_the_top_steps_are_all_random_averaged_over_draws() -> None:
+    table = pd.DataFrame({"spearman": [0.9, 0.2, 0.95], "randomised": ["a", "a, b", "a, b, c"]})
+    assert judged_similarity(table, 2) == 0.2 and verdict(table, 0.5, steps=2) is None
+    assert verdict(table, 0.5, steps=1) is not None
+    torch.manual_seed(0)
+    model = build_torchvision("resnet18", 2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    one = parameter_randomisation(model, lambda m: GradCAM(m, "layer4"), x, seed=3, draws=1)
+    two = parameter_randomisation(model, lambda m: GradCAM(m, "layer4"), x, seed=3, draws=2)
+    assert (two["draws"] == 2).all() and not np.allclose(one["spearman"], two["spearman"])

@@ -55,6 +55,8 @@ STATUS_RELIES = "relies on outside evidence"
 STATUS_ATTENTION = "attention without reliance"
 STATUS_LESS_FOCUS = "less focus"  # no counterfactual to tell attention from reliance
 STATUS_OK, STATUS_REFERENCE, STATUS_SMALL = "ok", "reference", "too small to judge"
+# the statuses a group is reported for (each has its own verdict rule)
+PROBLEM_STATUSES = (STATUS_RELIES, STATUS_ATTENTION, STATUS_LESS_FOCUS)
 
 
 def seed_for(cfg: AuditConfig, *parts: str) -> int:

@@ -24,14 +24,13 @@ from scipy import ndimage
 from audit import metrics
 from audit.cam import upsample
 from audit.config import AuditConfig
-from audit.disparity import STATUS_ATTENTION, STATUS_LESS_FOCUS, STATUS_RELIES
+from audit.disparity import PROBLEM_STATUSES
 from audit.imaging import display_image, open_mask, resize_mask
 from audit.pipeline import included_rows
 from audit.stats import within_stratum_ranks
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_THUMBNAILS = 16
-PROBLEM_STATUSES = (STATUS_RELIES, STATUS_ATTENTION, STATUS_LESS_FOCUS)
 THUMBS_PER_GROUP = 12
 
 TERMS = {

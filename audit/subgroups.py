@@ -127,7 +127,7 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame, tests: pd.DataFrame) 
             if has_counterfactual(g):
                 k = int(outside_dependent(g, cfg).sum())
                 lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
-                rec["outside_delta_mean"] = float(outside_drop(g).mean())
+                rec["outside_drop_mean"] = float(outside_drop(g).mean())
                 rec.update(outside_dependent=k, outside_dependent_share=k / n)
                 rec.update(outside_dependent_ci_low=lo, outside_dependent_ci_high=hi)
             if "artifact_delta" in g:

@@ -37,6 +37,7 @@ import pandas as pd
 import yaml
 
 from audit.config import load_config
+from audit.disparity import STATUS_ATTENTION, STATUS_LESS_FOCUS, STATUS_REFERENCE, STATUS_RELIES, STATUS_SMALL
 from audit.examples.synth import CLASSES, ShortcutSpec, World, generate
 from audit.examples.train import train_classifier
 from audit.pipeline import aggregate, explain_shard, prepare, sanity_check
@@ -221,12 +222,12 @@ def run_world(cache: Path, case: Case, evidence: str) -> list[dict]:
 
 def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd.DataFrame) -> dict:
     """The run's groups against the planted truth."""
-    fail_statuses = {"relies on outside evidence", "less focus"}
+    fail_statuses = {STATUS_RELIES, STATUS_LESS_FOCUS}
     named = groups.assign(name=groups["column"] + "=" + groups["group"].astype(str))
     failed = named[named["status"].isin(fail_statuses)]
-    warned = named[named["status"] == "attention without reliance"]
+    warned = named[named["status"] == STATUS_ATTENTION]
     planted = f"site={case.site}"
-    innocent = named[(named["name"] != planted) & ~named["status"].isin(["reference", "too small to judge"])]
+    innocent = named[(named["name"] != planted) & ~named["status"].isin([STATUS_REFERENCE, STATUS_SMALL])]
     site = images[(images["site"] == case.site) & images["has_artifact"].astype(str).str.lower().eq("true")]
     attention = float("nan")  # the most attentive explained class's mean (classes with 10 or more marked images)
     if len(site) and "mass_artifact" in site:
@@ -236,7 +237,7 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
     truth = float("nan")
     if len(site):  # audits without counterfactual renderings do not compute the truth: read it from the data
         truth = float(site["counterfactual_flips"].mean()) if "counterfactual_flips" in site else float("nan")
-    other_warns = [r for r in summary["reasons"] if r.startswith("warn:") and "attention without reliance" not in r]
+    other_warns = [r for r in summary["reasons"] if r.startswith("warn:") and STATUS_ATTENTION not in r]
     return {
         "world": case.name + (" (weak)" if case.weak else ""),
         "weak": case.weak,

@@ -8,11 +8,12 @@ Relative paths are resolved against the config file's folder, so a config travel
 from __future__ import annotations
 
 import importlib.util
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -65,11 +66,38 @@ class ModelSource(_Strict):
         return Path(spec.origin)
 
 
-class Preprocessing(_Strict):
-    """How an image becomes the model's input tensor: resize, scale to [0,1], normalise."""
+class Intensity(_Strict):
+    """How stored pixel values become [0, 1] before the model's normalisation.
 
-    size: tuple[int, int] = (224, 224)
+    ``auto``: 8-bit and 16-bit rasters are divided by their type's maximum (255, 65535); float rasters
+    and DICOM without a window are min-max scaled per image; DICOM with a VOI LUT or window in the file
+    gets it applied (pydicom's modality LUT, then VOI LUT / window, then MONOCHROME1 inverted so bright
+    means dense everywhere). ``dtype``: divide by the stored type's maximum (DICOM: ``2**BitsStored - 1``
+    after the modality LUT's shift to zero). ``minmax``: per-image min-max. ``window``: the given
+    ``[centre, width]`` (DICOM: in modality units, e.g. HU; rasters: in stored values), overriding the
+    file's own window.
+    """
+
+    mode: Literal["auto", "dtype", "minmax", "window"] = "auto"
+    window: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _window_given(self) -> Intensity:
+        if (self.mode == "window") != (self.window is not None):
+            raise ValueError("preprocessing.intensity.window [centre, width] goes with mode 'window' (and only it)")
+        if self.window is not None and self.window[1] <= 0:
+            raise ValueError("preprocessing.intensity.window: width must be > 0")
+        return self
+
+
+class Preprocessing(_Strict):
+    """How an image becomes the model's input tensor: decode, scale to [0, 1] (``intensity``), convert
+    to ``channels`` (grey to RGB by repetition, RGB to grey by ITU-R 601 luma; alpha dropped, palette
+    and CMYK converted by Pillow), resize bilinearly to ``size`` ([height, width]), normalise."""
+
+    size: tuple[PositiveInt, PositiveInt] = (224, 224)
     channels: Literal[1, 3] = 3
+    intensity: Intensity = Intensity()
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
@@ -120,24 +148,91 @@ class Explain(_Strict):
         return self
 
 
-class Data(_Strict):
-    """The audit set: a manifest (CSV or Parquet) and the subgroup columns to disaggregate by.
+MANIFEST_COLUMNS = ("image_id", "image_path", "mask_path", "label", "counterfactual_path", "artifact_mask_path")
 
+
+class MaskSource(_Strict):
+    """Where each row's region (the part of the image that should matter) comes from.
+
+    ``image`` (default): a mask image per row in ``mask_path``; the region is every pixel whose value in
+    *any* channel is above ``data.mask_threshold`` (so a mask drawn in pure red counts). ``labelmap``: an
+    integer label image per row in ``mask_path``; the region is the pixels whose value is one of
+    ``values``. ``coco``: polygons or RLE from one COCO JSON file (``coco``), matched to rows by
+    ``image_id`` = the COCO image's ``file_name`` (without folders or extension) or its ``id``; the
+    region is the union of the annotations of ``categories`` (names; empty = all). ``box``: a bounding
+    box in manifest columns ``box_columns`` (x0, y0, x1, y1 in the image's pixels; a box is a coarse
+    region, so the box-based metrics say more than the pixel ones). ``dicom-seg``: a DICOM Segmentation
+    file per row in ``mask_path`` (read with highdicom); the region is the union of ``segments``
+    (segment numbers; empty = all). Any kind: a row with an empty ``mask_path`` (or no annotation or
+    box) is excluded with that reason. A region smaller than the image is resized to it with nearest
+    neighbour if its aspect ratio matches; one covering more than ``max_area`` of the image is excluded,
+    since focus cannot tell a map that looks at it from one that looks anywhere.
+    """
+
+    kind: Literal["image", "labelmap", "coco", "box", "dicom-seg"] = "image"
+    values: tuple[int, ...] = ()
+    coco: Path | None = None
+    categories: tuple[str, ...] = ()
+    box_columns: tuple[str, str, str, str] = ("x0", "y0", "x1", "y1")
+    segments: tuple[int, ...] = ()
+    max_area: float = Field(default=0.99, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> MaskSource:
+        if self.kind == "labelmap" and not self.values:
+            raise ValueError("data.mask.values (the label values that form the region) is required for a labelmap")
+        if self.kind == "coco" and self.coco is None:
+            raise ValueError("data.mask.coco (the COCO JSON file) is required when data.mask.kind is 'coco'")
+        return self
+
+
+class Data(_Strict):
+    """The audit set: a manifest (CSV, Parquet or JSON Lines) and the subgroup columns to disaggregate by.
+
+    ``root``: the folder every file the manifest names must lie in (default: the manifest's folder);
+    paths are relative to it, and one that leads outside (``..``, an absolute path elsewhere, a symlink
+    out) is excluded, never read. ``columns``: the manifest's own names for the standard columns, e.g.
+    ``{image_path: file, label: dx}``. ``bins``: numeric subgroup columns cut into right-open intervals,
+    e.g. ``age: [0, 40, 65, 75, 120]`` gives groups ``[0, 40)``, ``[40, 65)``, ``[65, 75)``, ``[75, 120)``
+    (the FDA's 65-74 and 75+ bands). ``missing``: per subgroup column, ``keep`` (default: the row stays,
+    in a group named ``missing`` that the report shows and the tests judge like any other; dropping
+    those rows would bias a fairness audit against exactly the people with incomplete records) or
+    ``exclude`` (each such row listed in the exclusions). ``dicom_frame``: the frame audited in
+    multi-frame DICOM files (0-based); without it such files are excluded with that reason.
     ``absence_classes``: classes whose evidence is the *absence* of a finding ("normal", "no finding"),
     so their maps are not expected inside the region: their focus is reported but neither judged nor
     flagged (the counterfactual still is: a "normal" call that rests on a ruler is a shortcut too).
     """
 
     manifest: Path
+    root: Path | None = None
+    columns: dict[str, str] = {}
     classes: tuple[str, ...] = Field(min_length=2)
     subgroups: tuple[str, ...] = ()
+    bins: dict[str, tuple[float, ...]] = {}
+    missing: dict[str, Literal["keep", "exclude"]] = {}
     intersections: tuple[tuple[str, ...], ...] = ()
     positive_class: str | None = None
     absence_classes: tuple[str, ...] = ()
+    mask: MaskSource = MaskSource()
     mask_threshold: int = Field(default=127, ge=0, le=254)
+    dicom_frame: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _known_columns(self) -> Data:
+        duplicated = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if duplicated:
+            raise ValueError(f"data.classes: {duplicated} listed more than once; each model output needs its own name")
+        unknown = [c for c in self.columns if c not in MANIFEST_COLUMNS]
+        if unknown:
+            raise ValueError(f"data.columns: {unknown} are not standard columns ({', '.join(MANIFEST_COLUMNS)})")
+        for name, what in ((self.bins, "bins"), (self.missing, "missing")):
+            stray = [c for c in name if c not in self.subgroups]
+            if stray:
+                raise ValueError(f"data.{what}: {stray} are not among data.subgroups")
+        for col, edges in self.bins.items():
+            if len(edges) < 2 or any(b <= a for a, b in pairwise(edges)):
+                raise ValueError(f"data.bins.{col}: needs two or more strictly increasing edges, got {list(edges)}")
         for combo in self.intersections:
             unknown = [c for c in combo if c not in self.subgroups]
             if len(combo) < 2 or unknown:
@@ -153,6 +248,10 @@ class Data(_Strict):
     def positive(self) -> str | None:
         """The class sensitivity and AUROC are computed for: as configured, else the last of two."""
         return self.positive_class or (self.classes[-1] if len(self.classes) == 2 else None)
+
+    @property
+    def data_root(self) -> Path:
+        return self.root if self.root is not None else self.manifest.parent
 
 
 class Level(_Strict):
@@ -315,7 +414,15 @@ def _resolve(base: Path, cfg: AuditConfig) -> AuditConfig:
         update={
             "output_dir": absolute(cfg.output_dir),
             "model": cfg.model.model_copy(update=model_update),
-            "data": cfg.data.model_copy(update={"manifest": absolute(cfg.data.manifest)}),
+            "data": cfg.data.model_copy(
+                update={
+                    "manifest": absolute(cfg.data.manifest),
+                    "root": absolute(cfg.data.root) if cfg.data.root is not None else None,
+                    "mask": cfg.data.mask.model_copy(
+                        update={"coco": absolute(cfg.data.mask.coco) if cfg.data.mask.coco else None}
+                    ),
+                }
+            ),
         }
     )
 

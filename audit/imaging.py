@@ -1,44 +1,15 @@
-"""Pixels in: images and masks from disk to model-ready tensors.
+"""Tensor-side image operations: masks to the model's input size, blurs, fills and dilation.
 
-Images are resized with PIL's bilinear filter (antialiased when shrinking), scaled to [0, 1] and
-normalised per channel. Masks are binarised (> threshold) at their own resolution, which must equal
-the image's, then resized with nearest-neighbour so a mask pixel is never invented.
+Decoding files is :mod:`audit.inputs`' job; this module works on arrays and tensors only. Masks are
+resized with nearest neighbour so a mask pixel is never invented.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from audit.config import Preprocessing
-
-
-def open_image(path: Path | BinaryIO, channels: int) -> Image.Image:
-    img = Image.open(path)
-    img.load()
-    return img.convert("L" if channels == 1 else "RGB")
-
-
-def image_tensor(img: Image.Image, pre: Preprocessing) -> torch.Tensor:
-    """PIL image -> normalised float tensor (C, H, W) at ``pre.size``."""
-    h, w = pre.size
-    arr = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def open_mask(path: Path | BinaryIO, threshold: int) -> np.ndarray:
-    """Binary mask (H, W) at the file's own resolution: pixel > threshold in its grey value."""
-    img = Image.open(path)
-    img.load()
-    return np.asarray(img.convert("L")) > threshold
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -46,12 +17,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if mask.shape == (h, w):
         return mask
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
-
-
-def display_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 array at the model's input size, for overlays."""
-    h, w = size
-    return np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR))
 
 
 def heavy_blur(x: torch.Tensor, factor: int) -> torch.Tensor:

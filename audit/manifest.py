@@ -1,23 +1,26 @@
 """The audit set's manifest: read it, check every row, and account for every row.
 
-Every row read ends in exactly one of two tables: ``included`` (usable, with absolute paths) or
-``exclusions`` (with the 1-based row number and the reason). Problems with the file itself (missing
-file or columns) are errors; problems with a row never stop the run.
+Every row read ends in exactly one of two tables: ``included`` (usable, with resolved paths and its
+subgroup values as groups) or ``exclusions`` (1-based row number, the column and file at fault, the
+reason and a hint). Problems with the manifest as a whole (missing file or columns) are errors;
+problems with one row never stop the run.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from audit.config import AuditConfig
+from audit.inputs import InputError, RowReader, blank
 
-REQUIRED = ("image_id", "image_path", "mask_path", "label")
-OPTIONAL_PATHS = ("counterfactual_path", "artifact_mask_path")
-EXCLUSION_COLUMNS = ["row", "image_id", "stage", "reason"]
+EXCLUSION_COLUMNS = ["row", "image_id", "stage", "column", "file", "reason", "hint"]
+MISSING_GROUP = "missing"
+FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines"}
 
 
 class ManifestError(ValueError):
@@ -31,115 +34,138 @@ class Manifest:
     exclusions: pd.DataFrame
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def exclusion(row: int, image_id: object, stage: str, err: InputError) -> dict:
+    """One exclusions.csv record."""
+    return {
+        "row": row,
+        "image_id": "" if blank(image_id) else str(image_id),
+        "stage": stage,
+        "column": err.column,
+        "file": err.file,
+        "reason": err.reason,
+        "hint": err.hint,
+    }
+
+
+def _as_text(value: object) -> object:
+    if blank(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else (json.dumps(value) if isinstance(value, dict | list) else str(value))
+
+
+def read_table(path: Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """The manifest as text cells (None where blank), with ``columns`` (standard name -> the
+    manifest's name) renamed to the standard names."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ManifestError(f"{path}: manifest must be {', '.join(sorted(FORMATS))}, not {suffix!r}")
     try:
         if suffix == ".csv":
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        elif suffix in (".parquet", ".pq"):
+        elif FORMATS[suffix] == "Parquet":
             df = pd.read_parquet(path)
-            df = df.astype({c: "string" for c in df.columns}).astype(object).where(df.notna(), None)
         else:
-            raise ManifestError(f"{path}: manifest must be .csv or .parquet, not {suffix!r}")
-    except (pd.errors.ParserError, OSError, ValueError) as err:
-        if isinstance(err, ManifestError):
-            raise
-        raise ManifestError(f"{path}: cannot read manifest: {err}") from None
-    return df
+            df = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+    except (pd.errors.ParserError, OSError, ValueError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: cannot read the {FORMATS[suffix]} manifest: {err}") from None
+    df = df.astype(object).map(_as_text) if len(df.columns) else df
+    mapping = columns or {}
+    clash = [std for std, theirs in mapping.items() if std in df.columns and std != theirs]
+    if clash:
+        raise ManifestError(f"{path}: data.columns renames another column to {clash}, which the manifest already has")
+    absent = [theirs for theirs in mapping.values() if theirs not in df.columns]
+    if absent:
+        raise ManifestError(f"{path}: data.columns names {absent}, not in the manifest (found {list(df.columns)})")
+    return df.rename(columns={theirs: std for std, theirs in mapping.items()})
 
 
-def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+def required_columns(cfg: AuditConfig) -> list[str]:
+    cols = ["image_id", "image_path", "label"]
+    if cfg.data.mask.kind in ("image", "labelmap", "dicom-seg"):
+        cols.append("mask_path")
+    if cfg.data.mask.kind == "box":
+        cols.extend(cfg.data.mask.box_columns)
+    return cols + list(cfg.data.subgroups)
 
 
-def _image_size(path: Path, what: str) -> tuple[tuple[int, int] | None, str | None]:
-    if not path.is_file():
-        return None, f"{what} not found: {path}"
+def bin_label(lo: float, hi: float) -> str:
+    return f"[{lo:g}, {hi:g})"
+
+
+def subgroup_value(cfg: AuditConfig, column: str, raw: object) -> str:
+    """The group a row belongs to in ``column``: its value, its bin, or ``missing``."""
+    if blank(raw):
+        if cfg.data.missing.get(column, "keep") == "keep":
+            return MISSING_GROUP
+        raise InputError(
+            f"missing value for subgroup column {column!r}",
+            column=column,
+            hint=f"data.missing.{column}: keep puts such rows in a group named '{MISSING_GROUP}'",
+        )
+    edges = cfg.data.bins.get(column)
+    if edges is None:
+        return str(raw).strip()
     try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:
-            return img.size, None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        return None, f"unreadable {what} {path.name}: {err}"
+        value = float(str(raw))
+    except ValueError:
+        raise InputError(
+            f"{column} {raw!r} is not a number (data.bins.{column} cuts it into bands)", column=column
+        ) from None
+    if not math.isfinite(value) or not edges[0] <= value < edges[-1]:
+        raise InputError(
+            f"{column} {raw!r} is outside the bins' range {bin_label(edges[0], edges[-1])}",
+            column=column,
+            hint=f"widen data.bins.{column}",
+        )
+    i = next(k for k in range(len(edges) - 1) if value < edges[k + 1])
+    return bin_label(edges[i], edges[i + 1])
 
 
-def _check_row(row: pd.Series, base: Path, cfg: AuditConfig) -> tuple[dict | None, str | None]:
+def _check_row(row: dict, reader: RowReader, cfg: AuditConfig) -> dict:
     label = row["label"]
-    if _blank(label) or str(label) not in cfg.data.classes:
-        return None, f"unknown label {label!r} (classes: {', '.join(cfg.data.classes)})"
-    for col in cfg.data.subgroups:
-        if _blank(row[col]):
-            return None, f"missing value for subgroup column {col!r}"
-    paths = {}
-    for col in ("image_path", "mask_path", *OPTIONAL_PATHS):
-        if col not in row.index or (col in OPTIONAL_PATHS and _blank(row[col])):
-            continue
-        if _blank(row[col]):
-            return None, f"empty {col}"
-        paths[col] = (base / str(row[col])).resolve()
-    size, err = _image_size(paths["image_path"], "image")
-    if err:
-        return None, err
-    mask_size, err = _image_size(paths["mask_path"], "mask")
-    if err:
-        return None, err
-    if mask_size != size:
-        return None, f"mask is {mask_size[0]}x{mask_size[1]} but image is {size[0]}x{size[1]}"
-    with Image.open(paths["mask_path"]) as m:
-        if max(m.convert("L").getextrema()) <= cfg.data.mask_threshold:
-            return None, "empty mask (no pixel above the mask threshold)"
-    if "artifact_mask_path" in paths:  # may be empty: no artifact on this image
-        art_size, err = _image_size(paths["artifact_mask_path"], "artifact mask")
-        if err:
-            return None, err
-        if art_size != size:
-            return None, f"artifact mask is {art_size[0]}x{art_size[1]} but image is {size[0]}x{size[1]}"
-    if "counterfactual_path" in paths:
-        cf_size, err = _image_size(paths["counterfactual_path"], "counterfactual image")
-        if err:
-            return None, err
-        if cf_size != size:
-            return None, "counterfactual image size differs from the image"
-    out = {k: row[k] for k in row.index}
-    out.update({k: str(v) for k, v in paths.items()})
-    return out, None
+    if blank(label) or str(label) not in cfg.data.classes:
+        raise InputError(f"unknown label {label!r} (classes: {', '.join(cfg.data.classes)})", column="label")
+    groups = {col: subgroup_value(cfg, col, row[col]) for col in cfg.data.subgroups}
+    paths = reader.check(row)
+    return {**row, **groups, "label": str(label), **{col: str(p) for col, p in paths.items()}}
 
 
 def load_manifest(cfg: AuditConfig) -> Manifest:
     """Read and check the manifest named by the config; never drops a row silently."""
     path = cfg.data.manifest
-    df = read_table(path)
-    missing = [c for c in (*REQUIRED, *cfg.data.subgroups) if c not in df.columns]
+    df = read_table(path, cfg.data.columns)
+    missing = [c for c in required_columns(cfg) if c not in df.columns]
     if missing:
-        raise ManifestError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
-    base = path.parent
+        raise ManifestError(
+            f"{path}: missing column(s) {missing}; found {list(df.columns)} (data.columns maps other names)"
+        )
+    reader = RowReader(cfg)
     included, excluded, seen = [], [], {}
-    for i, (_, row) in enumerate(df.iterrows(), start=1):
-        image_id = None if _blank(row["image_id"]) else str(row["image_id"])
-        if image_id is None:
-            excluded.append({"row": i, "image_id": "", "stage": "manifest", "reason": "empty image_id"})
+    multilabel = cfg.explain.output == "sigmoid"
+    for i, row in enumerate(df.to_dict("records"), start=1):
+        image_id = row["image_id"]
+        try:
+            if blank(image_id):
+                raise InputError("empty image_id", column="image_id")
+            # a multi-label manifest has one row per (image, finding)
+            key = (str(image_id), str(row["label"])) if multilabel else str(image_id)
+            if key in seen:
+                what = "image_id and label" if multilabel else "image_id"
+                raise InputError(f"duplicate {what} (first at row {seen[key]})", column="image_id")
+            seen[key] = i
+            rec = _check_row(row, reader, cfg)
+        except InputError as err:
+            excluded.append(exclusion(i, image_id, "manifest", err))
             continue
-        # a multi-label manifest has one row per (image, finding)
-        key = (image_id, str(row["label"])) if cfg.explain.output == "sigmoid" else image_id
-        if key in seen:
-            what = "image_id and label" if cfg.explain.output == "sigmoid" else "image_id"
-            reason = f"duplicate {what} (first at row {seen[key]})"
-            excluded.append({"row": i, "image_id": image_id, "stage": "manifest", "reason": reason})
+        except Exception as err:  # a row's problem never stops the run
+            excluded.append(exclusion(i, image_id, "manifest", InputError(f"unexpected {type(err).__name__}: {err}")))
             continue
-        seen[key] = i
-        rec, reason = _check_row(row, base, cfg)
-        if reason:
-            excluded.append({"row": i, "image_id": image_id, "stage": "manifest", "reason": reason})
-        else:
-            rec["row"] = i
-            rec["image_id"] = image_id
-            included.append(rec)
-    inc = pd.DataFrame(included)
-    if inc.empty:
-        inc = pd.DataFrame(columns=["row", *df.columns])
+        included.append({**rec, "row": i, "image_id": str(image_id)})
+    inc = pd.DataFrame(included) if included else pd.DataFrame(columns=["row", *df.columns])
     return Manifest(
         rows_read=len(df),
         included=inc.reset_index(drop=True),

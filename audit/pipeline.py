@@ -7,7 +7,6 @@ the same stages in-process without any orchestrator.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,19 +31,22 @@ from audit.cam import (
     PredictedClass,
     find_target_layer,
 )
-from audit.config import AuditConfig, load_config
+from audit.config import AuditConfig, ConfigError, Explain, ModelSource, Preprocessing, load_config
+from audit.counterfactual import neutralised, probabilities, supplied
 from audit.disparity import absence_like_classes, disparity_tests, permutations_needed, reliance_evidence
-from audit.imaging import dilate, fill_from_surroundings, heavy_blur, image_tensor, open_image, open_mask, resize_mask
-from audit.manifest import EXCLUSION_COLUMNS, load_manifest
+from audit.imaging import resize_mask
+from audit.inputs import InputError, RowReader, Sample, to_tensor
+from audit.inputs.reader import FILE_COLUMNS
+from audit.manifest import EXCLUSION_COLUMNS, ManifestError, exclusion, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
+from audit.runfolder import claim
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.stats import proportion_ci
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
+from audit.tables import write_csv
 from audit.verdict import decide, flag_images, nan_to_none
-
-PATH_COLUMNS = ("image_path", "mask_path", "counterfactual_path", "artifact_mask_path")
 
 
 def work_dir(cfg: AuditConfig) -> Path:
@@ -63,12 +65,25 @@ def included_rows(cfg: AuditConfig) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- prepare
-def prepare(cfg: AuditConfig) -> list[Path]:
-    """Check the manifest, record exclusions, and split the usable rows into shard files."""
+def preflight(cfg: AuditConfig) -> None:
+    """Everything checkable before any image is read: the files the config names exist, and the
+    model fits the config (one class name per output, the layer exists and gives a spatial map).
+    Raises ConfigError / ManifestError / ModelError with one line that names the key."""
+    if not cfg.data.manifest.is_file():
+        raise ManifestError(f"data.manifest: {cfg.data.manifest} not found")
+    if not cfg.data.data_root.is_dir():
+        raise ConfigError(f"data.root: {cfg.data.data_root} is not a folder")
+    if cfg.data.mask.coco is not None and not cfg.data.mask.coco.is_file():
+        raise ConfigError(f"data.mask.coco: {cfg.data.mask.coco} not found")
+    _explainer(cfg)
+
+
+def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
+    """Check the config against the model, claim the run folder, check the manifest, record
+    exclusions, and split the usable rows into shard files."""
+    preflight(cfg)
+    claim(cfg.run_dir, overwrite)
     work = work_dir(cfg)
-    work.mkdir(parents=True, exist_ok=True)
-    for old in work.glob("shard_*"):
-        old.unlink()
     manifest = load_manifest(cfg)
     manifest.exclusions.to_csv(work / "exclusions_manifest.csv", index=False)
     (work / "counts.json").write_text(json.dumps({"rows_read": manifest.rows_read}))
@@ -91,9 +106,9 @@ class Explainer:
     map_size: tuple[int, int]
 
 
-def build_method(cfg: AuditConfig, model: torch.nn.Module, layers: tuple[str, ...]) -> Callable[..., CAMOutput]:
+def build_method(explain: Explain, model: torch.nn.Module, layers: tuple[str, ...]) -> Callable[..., CAMOutput]:
     """The configured method on the configured layer(s), optionally noise-averaged."""
-    name = cfg.explain.method
+    name = explain.method
     method: Callable[..., CAMOutput]
     if name == "guided-backprop":
         method = GuidedBackprop(model)
@@ -103,66 +118,47 @@ def build_method(cfg: AuditConfig, model: torch.nn.Module, layers: tuple[str, ..
         method = METHODS[name](model, layers[0])
     else:
         method = FusedLayers([METHODS[name](model, layer) for layer in layers])
-    smooth = cfg.explain.smooth
+    smooth = explain.smooth
     return NoiseAveraged(method, smooth.n, smooth.sigma, smooth.seed) if smooth.n > 0 else method
 
 
-@lru_cache(maxsize=2)
 def _explainer(cfg: AuditConfig) -> Explainer:
-    """One model per worker process, reused across its shards."""
-    model = load_model(cfg.model, cfg.explain.device)
-    h, w = cfg.preprocessing.size
-    probe = torch.zeros(1, cfg.preprocessing.channels, h, w, device=cfg.explain.device)
-    requested = cfg.explain.target_layer
+    """One model per worker process, reused across its shards; raises ConfigError when the model and
+    the config disagree (number of classes, input size, layer)."""
+    return _build_explainer(cfg.model, cfg.preprocessing, cfg.explain, cfg.data.classes)
+
+
+@lru_cache(maxsize=2)
+def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...]) -> Explainer:
+    model = load_model(src, explain.device)
+    h, w = pre.size
+    probe = torch.zeros(1, pre.channels, h, w, device=explain.device)
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except Exception as err:
+        raise ConfigError(
+            f"preprocessing: the model does not accept {pre.channels}-channel {h}x{w} input "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+    outputs = int(logits.shape[-1])
+    if logits.ndim != 2 or outputs != len(classes):
+        raise ConfigError(
+            f"data.classes: {len(classes)} names for a model with {outputs} outputs "
+            f"(output shape {tuple(logits.shape)}); list one class name per output, in the model's order"
+        )
+    requested = explain.target_layer
     layers = (requested,) if isinstance(requested, str) else tuple(requested)
     layers = tuple(find_target_layer(model, probe) if layer == "auto" else layer for layer in layers)
-    sizes = [tuple(METHODS["gradcam"](model, layer)(probe).layer_maps.shape[-2:]) for layer in layers]
-    method = build_method(cfg, model, layers)
+    sizes = []
+    for layer in layers:
+        try:
+            maps = METHODS["gradcam"](model, layer)(probe).layer_maps
+        except Exception as err:
+            raise ConfigError(f"explain.target_layer: {layer!r} cannot be explained: {err}") from None
+        sizes.append(tuple(maps.shape[-2:]))
+    method = build_method(explain, model, layers)
     return Explainer(model, method, layers, max(sizes))
-
-
-def _neutralised(
-    cfg: AuditConfig,
-    ex: Explainer,
-    x: torch.Tensor,
-    masks: torch.Tensor,
-    arts: list,
-    idx: torch.Tensor,
-    explained_p: torch.Tensor,
-    maps: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """Explained-class probability with the outside of the dilated mask (and, where annotated, just the
-    artifact) replaced by the fill; the drop is the evidence the model took from that region. The
-    artifact is filled from its surroundings only, so its own colour (a dark vignette, a purple
-    stroke) never leaks into its fill."""
-    c = cfg.counterfactual
-    fill = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    keep = dilate(masks, round(c.dilate * max(x.shape[-2:])))[:, None].to(x.dtype)
-    batches = {"outside": x * keep + fill * (1 - keep)}
-    out: dict[str, torch.Tensor] = {}
-    have = [i for i, a in enumerate(arts) if a is not None]
-    if have:
-        art = torch.zeros_like(masks, dtype=torch.bool)
-        art[have] = torch.stack([arts[i] for i in have]).to(art.device)
-        a = art[:, None].to(x.dtype)
-        batches["artifact"] = x * (1 - a) + fill_from_surroundings(x, art, c.blur_factor, c.fill) * a
-        has = art.flatten(1).any(dim=1)
-        annotated = torch.zeros_like(has)
-        annotated[have] = True  # an empty artifact mask is an annotation too: "no artifact here"
-        out["mass_artifact"] = torch.where(has, metrics.mass_in(maps, art), torch.nan)
-        out["artifact_area"] = torch.where(annotated, metrics.area(art), torch.nan)
-    for name, xb in batches.items():
-        with torch.no_grad():
-            p = _probabilities(cfg, ex.model(xb)).gather(1, idx[:, None])[:, 0]
-        delta = (explained_p - p).double()
-        if name == "artifact":
-            delta = torch.where(out["artifact_area"].isnan(), torch.nan, delta)
-        out[f"{name}_delta"] = delta
-    return out
-
-
-def _probabilities(cfg: AuditConfig, logits: torch.Tensor) -> torch.Tensor:
-    return logits.sigmoid() if cfg.explain.output == "sigmoid" else logits.softmax(dim=1)
 
 
 def _target(cfg: AuditConfig, labels: list[str]) -> PredictedClass | ClassIndex:
@@ -174,104 +170,128 @@ def _target(cfg: AuditConfig, labels: list[str]) -> PredictedClass | ClassIndex:
     return ClassIndex(cfg.data.classes.index(t))
 
 
+def read_rows(reader: RowReader, rows: list[dict]) -> tuple[list[dict], list[Sample], list[dict]]:
+    """Step 1, read: decode each row's files. A row that fails (decode error, truncated data, a file
+    changed since the manifest check) becomes that row's exclusion; the others go on."""
+    kept, samples, excluded = [], [], []
+    for r in rows:
+        try:
+            samples.append(reader.read(r))
+        except InputError as err:
+            excluded.append(exclusion(int(r["row"]), r["image_id"], "explain", err))
+            continue
+        except Exception as err:  # never let one row stop the shard
+            err = InputError(f"cannot read: {type(err).__name__}: {err}")
+            excluded.append(exclusion(int(r["row"]), r["image_id"], "explain", err))
+            continue
+        kept.append(r)
+    return kept, samples, excluded
+
+
+@dataclass
+class Explained:
+    """Step 2's result for one batch: inputs as tensors, the maps, and the model's probabilities."""
+
+    x: torch.Tensor
+    masks: torch.Tensor
+    arts: list[torch.Tensor | None]
+    cfs: list[torch.Tensor | None]
+    cam: CAMOutput
+    probs: torch.Tensor
+    explained_p: torch.Tensor
+
+
+def explain_batch(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sample]) -> Explained:
+    """Step 2, explain: the samples at the model's input size through the CAM method."""
+    pre = cfg.preprocessing
+
+    def at_input_size(region: np.ndarray | None) -> torch.Tensor | None:
+        return None if region is None else torch.from_numpy(resize_mask(region, pre.size))
+
+    x = torch.stack([to_tensor(s.image, pre) for s in samples]).to(cfg.explain.device)
+    cam = ex.method(x, _target(cfg, [str(r["label"]) for r in rows]))
+    masks = torch.stack([at_input_size(s.region) for s in samples]).to(cam.maps.device)
+    probs = probabilities(cfg, cam.logits)
+    return Explained(
+        x=x,
+        masks=masks,
+        arts=[at_input_size(s.artifact) for s in samples],
+        cfs=[None if s.counterfactual is None else to_tensor(s.counterfactual, pre) for s in samples],
+        cam=cam,
+        probs=probs,
+        explained_p=probs.gather(1, cam.target_index[:, None])[:, 0],
+    )
+
+
+def _outcome(cfg: AuditConfig, label: str, probs: torch.Tensor, idx: int, explained_p: float) -> dict:
+    classes = cfg.data.classes
+    if cfg.explain.output == "sigmoid":  # the row says its finding is present; the model agrees when p >= 0.5
+        present = explained_p >= 0.5
+        finding = classes[idx]
+        return {"predicted": finding if present else f"no {finding}", "probability": explained_p, "correct": present}
+    pred = int(probs.argmax())
+    return {"predicted": classes[pred], "probability": float(probs[pred]), "correct": classes[pred] == label}
+
+
+def region_sha256(sample: Sample) -> str:
+    """The mask file's SHA-256, or for regions that come from no file of their own (COCO, boxes) the
+    SHA-256 of the region's shape and bits."""
+    if "mask_path" in sample.sha256:
+        return sample.sha256["mask_path"]
+    return sha256_bytes(np.asarray(sample.region.shape, np.int64).tobytes() + np.packbits(sample.region).tobytes())
+
+
+def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sample], e: Explained) -> list[dict]:
+    """Step 3, measure: per image the outcome, the localisation metrics and the counterfactuals."""
+    idx = e.cam.target_index
+    cols = metrics.localisation(e.cam.maps, e.masks, cfg.metrics.top_k, cfg.metrics.bbox_threshold)
+    if cfg.counterfactual.enabled:
+        cols.update(neutralised(cfg, ex.model, e.x, e.masks, e.arts, idx, e.explained_p, e.cam.maps))
+    cf = supplied(cfg, ex.model, e.cfs, idx)
+    classes, records = cfg.data.classes, []
+    for i, (r, sample) in enumerate(zip(rows, samples, strict=True)):
+        rec = {k: v for k, v in r.items() if k not in FILE_COLUMNS}
+        p_explained = float(e.explained_p[i])
+        rec.update(_outcome(cfg, str(r["label"]), e.probs[i], int(idx[i]), p_explained))
+        rec.update(
+            explained=classes[int(idx[i])],
+            explained_probability=p_explained,
+            zero_map=bool(e.cam.layer_maps[i].max() <= 0),
+            image_sha256=sample.sha256["image_path"],
+            mask_sha256=region_sha256(sample),
+            image_format=sample.image.description,
+        )
+        rec.update({k: float(v[i]) for k, v in cols.items()})
+        rec.update({f"p_{c}": float(e.probs[i, j]) for j, c in enumerate(classes)})
+        if cf is not None:
+            p_cf, pred_cf = float(cf[0][i]), int(cf[1][i])
+            rec["counterfactual_probability"] = p_cf
+            rec["counterfactual_delta"] = p_explained - p_cf
+            if cfg.explain.output == "sigmoid":
+                rec["counterfactual_flips"] = bool((p_cf >= 0.5) != (p_explained >= 0.5))
+            else:
+                rec["counterfactual_flips"] = bool(pred_cf >= 0 and pred_cf != int(e.probs[i].argmax()))
+        records.append(rec)
+    return records
+
+
 def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
-    """Explain one shard: per-image metrics to ``*.result.parquet``, layer maps to ``*.maps.npz``."""
+    """Explain one shard, batch by batch: read -> explain -> measure. Per-image records to
+    ``*.result.parquet``, layer maps to ``*.maps.npz``, rows that could not be read to ``*.exclusions.csv``."""
     ex = _explainer(cfg)
-    rows = pd.read_parquet(shard)
-    pre, classes = cfg.preprocessing, cfg.data.classes
+    reader = RowReader(cfg)
+    rows = pd.read_parquet(shard).to_dict("records")
     results, excluded, map_ids, layer_maps = [], [], [], []
     bs = cfg.explain.batch_size
     for start in range(0, len(rows), bs):
-        batch = rows.iloc[start : start + bs]
-        xs, ms, arts, cfs, kept, hashes = [], [], [], [], [], []
-        for _, r in batch.iterrows():
-            try:
-                # each file is read once: hashed for provenance and decoded from the same bytes
-                image_bytes, mask_bytes = Path(r["image_path"]).read_bytes(), Path(r["mask_path"]).read_bytes()
-                img = open_image(io.BytesIO(image_bytes), pre.channels)
-                mask = open_mask(io.BytesIO(mask_bytes), cfg.data.mask_threshold)
-                cf = art = None
-                if isinstance(r.get("counterfactual_path"), str):
-                    cf = image_tensor(open_image(Path(r["counterfactual_path"]), pre.channels), pre)
-                if isinstance(r.get("artifact_mask_path"), str):
-                    art_mask = open_mask(Path(r["artifact_mask_path"]), cfg.data.mask_threshold)
-                    art = torch.from_numpy(resize_mask(art_mask, pre.size))
-            except Exception as err:  # a file that passed the header check but fails to decode
-                excluded.append(
-                    {
-                        "row": int(r["row"]),
-                        "image_id": r["image_id"],
-                        "stage": "explain",
-                        "reason": f"cannot decode: {type(err).__name__}: {err}",
-                    }
-                )
-                continue
-            xs.append(image_tensor(img, pre))
-            ms.append(torch.from_numpy(resize_mask(mask, pre.size)))
-            hashes.append((sha256_bytes(image_bytes), sha256_bytes(mask_bytes)))
-            arts.append(art)
-            cfs.append(cf)
-            kept.append(r)
+        kept, samples, bad = read_rows(reader, rows[start : start + bs])
+        excluded.extend(bad)
         if not kept:
             continue
-        x = torch.stack(xs).to(cfg.explain.device)
-        out = ex.method(x, _target(cfg, [str(r["label"]) for r in kept]))
-        masks = torch.stack(ms).to(out.maps.device)
-        probs = _probabilities(cfg, out.logits)
-        idx = out.target_index
-        explained_p = probs.gather(1, idx[:, None])[:, 0]
-        pred = probs.argmax(dim=1)
-        multilabel = cfg.explain.output == "sigmoid"
-        cols = metrics.localisation(out.maps, masks, cfg.metrics.top_k, cfg.metrics.bbox_threshold)
-        if cfg.counterfactual.enabled:
-            cols.update(_neutralised(cfg, ex, x, masks, arts, idx, explained_p, out.maps))
-        cf_p = cf_pred = None
-        if any(c is not None for c in cfs):
-            have = [i for i, c in enumerate(cfs) if c is not None]
-            with torch.no_grad():
-                cf_logits = ex.model(torch.stack([cfs[i] for i in have]).to(cfg.explain.device))
-                cf_probs = _probabilities(cfg, cf_logits)
-            cf_p = torch.full((len(kept),), float("nan"), dtype=torch.float64)
-            cf_pred = torch.full((len(kept),), -1, dtype=torch.long)
-            sel = torch.as_tensor(have)
-            cf_p[sel] = cf_probs.gather(1, idx[sel, None])[:, 0].double().cpu()
-            cf_pred[sel] = cf_probs.argmax(dim=1).cpu()
-        for i, r in enumerate(kept):
-            rec = {k: r[k] for k in r.index if k not in PATH_COLUMNS}
-            if multilabel:  # the row says its finding is present; the model agrees when p >= 0.5
-                present = bool(explained_p[i] >= 0.5)
-                finding = classes[int(idx[i])]
-                predicted, probability, correct = (
-                    (finding if present else f"no {finding}"),
-                    float(explained_p[i]),
-                    present,
-                )
-            else:
-                predicted = classes[int(pred[i])]
-                probability, correct = float(probs[i, pred[i]]), predicted == str(r["label"])
-            rec.update(
-                predicted=predicted,
-                probability=probability,
-                correct=correct,
-                explained=classes[int(idx[i])],
-                explained_probability=float(explained_p[i]),
-                zero_map=bool(out.layer_maps[i].max() <= 0),
-                image_sha256=hashes[i][0],
-                mask_sha256=hashes[i][1],
-            )
-            rec.update({k: float(v[i]) for k, v in cols.items()})
-            rec.update({f"p_{c}": float(probs[i, j]) for j, c in enumerate(classes)})
-            if cf_p is not None:
-                p_cf = float(cf_p[i])
-                rec["counterfactual_probability"] = p_cf
-                rec["counterfactual_delta"] = rec["explained_probability"] - p_cf
-                if multilabel:
-                    rec["counterfactual_flips"] = bool((p_cf >= 0.5) != (rec["explained_probability"] >= 0.5))
-                else:
-                    rec["counterfactual_flips"] = bool(cf_pred[i] >= 0 and int(cf_pred[i]) != int(pred[i]))
-            results.append(rec)
-            map_ids.append(int(r["row"]))
-        layer_maps.append(out.layer_maps.detach().cpu().numpy().astype(np.float32))
+        e = explain_batch(cfg, ex, kept, samples)
+        results.extend(measure(cfg, ex, kept, samples, e))
+        map_ids.extend(int(r["row"]) for r in kept)
+        layer_maps.append(e.cam.layer_maps.detach().cpu().numpy().astype(np.float32))
     out_path = shard_output(shard, "result.parquet")
     pd.DataFrame(results).to_parquet(out_path, index=False)
     pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS).to_csv(shard_output(shard, "exclusions.csv"), index=False)
@@ -301,17 +321,17 @@ def sanity_check(cfg: AuditConfig) -> Path:
     ex = _explainer(cfg)
     rows = included_rows(cfg)
     sample = rows.sample(n=min(s.sample, len(rows)), random_state=s.seed).sort_values("row")
-    xs = []
-    for path in sample["image_path"]:
+    reader, xs = RowReader(cfg), []
+    for row in sample.to_dict("records"):
         try:
-            xs.append(image_tensor(open_image(Path(path), cfg.preprocessing.channels), cfg.preprocessing))
-        except Exception:  # undecodable: explain_shard excludes it with the reason; not needed here
+            xs.append(to_tensor(reader.read(row).image, cfg.preprocessing))
+        except Exception:  # unreadable: explain_shard excludes it with the reason; not needed here
             continue
     if len(xs) < 2:
         skipped_path.write_text(json.dumps({"skipped": f"only {len(xs)} decodable image(s) to sample from"}))
         return skipped_path
     x = torch.stack(xs).to(cfg.explain.device)
-    table = parameter_randomisation(ex.model, lambda m: build_method(cfg, m, ex.layers), x, s.seed, s.draws)
+    table = parameter_randomisation(ex.model, lambda m: build_method(cfg.explain, m, ex.layers), x, s.seed, s.draws)
     table.to_csv(table_path, index=False, float_format="%.6g")
     return table_path
 
@@ -343,8 +363,10 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     exclusions = exclusions.sort_values("row", kind="stable").reset_index(drop=True)
     rows_read = json.loads((work / "counts.json").read_text())["rows_read"]
     if images.empty:
-        raise ValueError(
-            f"no usable image in {cfg.data.manifest}: all {rows_read} rows were excluded (see {run / 'exclusions.csv'})"
+        write_csv(exclusions, run / "exclusions.csv")
+        raise ManifestError(
+            f"no usable image in {cfg.data.manifest}: all {rows_read} rows were excluded "
+            f"(reasons in {run / 'exclusions.csv'})"
         )
     images = images.sort_values("row", kind="stable").reset_index(drop=True)
     images["flagged"] = flag_images(images, cfg)
@@ -358,9 +380,9 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity)
     run.mkdir(parents=True, exist_ok=True)
     images.to_parquet(run / "images.parquet", index=False)
-    table.to_csv(run / "subgroups.csv", index=False, float_format="%.6g")
-    tests.to_csv(run / "disparities.csv", index=False, float_format="%.6g")
-    exclusions.to_csv(run / "exclusions.csv", index=False)
+    write_csv(table, run / "subgroups.csv")
+    write_csv(tests, run / "disparities.csv")
+    write_csv(exclusions, run / "exclusions.csv")
     overall = {}
     for metric in metrics.MEANINGS:
         m, lo, hi = mean_ci(cfg, images[metric], "all", metric)
@@ -441,11 +463,11 @@ class RunResult:
     outputs: dict[str, str]
 
 
-def run_audit(config_path: str | Path) -> RunResult:
+def run_audit(config_path: str | Path, overwrite: bool = False) -> RunResult:
     """All stages in this process, without an orchestrator."""
     started = datetime.now(UTC)
     cfg = load_config(config_path)
-    shards = prepare(cfg)
+    shards = prepare(cfg, overwrite)
     results = [explain_shard(cfg, s) for s in shards]
     sanity_check(cfg)
     summary = aggregate(cfg, results)

@@ -25,7 +25,8 @@ from audit import metrics
 from audit.cam import upsample
 from audit.config import AuditConfig
 from audit.disparity import PROBLEM_STATUSES
-from audit.imaging import display_image, open_mask, resize_mask
+from audit.imaging import resize_mask
+from audit.inputs import RowReader
 from audit.pipeline import included_rows
 from audit.stats import within_stratum_ranks
 
@@ -52,6 +53,8 @@ TERMS = {
     "accuracy, the most dangerous cell",
     "counterfactual_delta": "explained-class probability minus the same on the image's counterfactual "
     "rendering (artifact removed): how much the prediction depends on what was removed",
+    "missing": "the group of images whose manifest has no value for that attribute (data.missing: keep, the "
+    "default); judged like any other group, because dropping them would hide the people with incomplete records",
     "sanity check": "maps recomputed after re-initialising the network's weights from the output back "
     "(Adebayo et al. 2018); maps that stay similar describe the image, not the model",
 }
@@ -87,8 +90,9 @@ def _load_maps(work: Path) -> dict[int, np.ndarray]:
 def _thumb(cfg: AuditConfig, r: pd.Series, cam_map: np.ndarray, paths: pd.DataFrame) -> dict:
     size = cfg.preprocessing.size
     cam = cam_map if cam_map.shape == tuple(size) else upsample(torch.from_numpy(cam_map)[None], size)[0].numpy()
-    img = display_image(Path(paths.loc[int(r["row"]), "image_path"]), size)
-    mask = resize_mask(open_mask(Path(paths.loc[int(r["row"]), "mask_path"]), cfg.data.mask_threshold), size)
+    sample = RowReader(cfg).read(paths.loc[int(r["row"])].to_dict())
+    img = sample.image.display(size)
+    mask = resize_mask(sample.region, size)
     return {
         "uri": _png_data_uri(overlay(img, cam, mask)),
         "image_id": r["image_id"],
@@ -106,7 +110,7 @@ def thumbnail_sections(
     """Examples a reviewer should see: for each flagged subgroup, its images with the least focus
     compared with images explained for the same class; then the lowest-focus flagged images overall."""
     maps = _load_maps(cfg.run_dir / "work")
-    paths = included.set_index("row")
+    paths = included.set_index("row", drop=False)
     judged = images[~images["zero_map"]].copy()
     judged["rank"] = within_stratum_ranks(judged["focus"].to_numpy(), judged["explained"].to_numpy())
     sections = []

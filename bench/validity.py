@@ -200,7 +200,7 @@ def _config(root: Path, case: Case, twin: str, model: Path, manifest: Path) -> P
 def audit(config: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """The stages of ``audit run`` in this process, without the report."""
     cfg = load_config(config)
-    results = [explain_shard(cfg, s) for s in prepare(cfg)]
+    results = [explain_shard(cfg, s) for s in prepare(cfg, overwrite=True)]
     sanity_check(cfg)
     summary = aggregate(cfg, results)
     return summary, pd.read_csv(cfg.run_dir / "subgroups.csv"), pd.read_parquet(cfg.run_dir / "images.parquet")

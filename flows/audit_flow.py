@@ -18,8 +18,8 @@ from audit.config import load_config
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(config_path: str) -> list[str]:
-    return [str(p) for p in pipeline.prepare(load_config(config_path))]
+def prepare_task(config_path: str, overwrite: bool) -> list[str]:
+    return [str(p) for p in pipeline.prepare(load_config(config_path), overwrite)]
 
 
 @task(name="explain-shard", cache_policy=NO_CACHE, retries=1)
@@ -43,10 +43,11 @@ def render_task(config_path: str, started: str) -> dict[str, str]:
 
 
 @flow(name="focus-audit", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def audit_flow(config_path: str) -> dict:
-    """Load -> Grad-CAM per shard -> sanity check -> aggregate -> render. Returns verdict and output paths."""
+def audit_flow(config_path: str, overwrite: bool = False) -> dict:
+    """Load -> Grad-CAM per shard -> sanity check -> aggregate -> render. Returns verdict and output paths.
+    ``overwrite``: replace an earlier run of the same run_name (otherwise it is refused)."""
     started = datetime.now(UTC).isoformat()
-    shards = prepare_task(config_path)
+    shards = prepare_task(config_path, overwrite)
     futures = explain_task.map(unmapped(config_path), shards)
     results = [f.result() for f in futures]
     sanity_task(config_path)

@@ -20,17 +20,36 @@ app = typer.Typer(
 )
 
 
-def _run(config: Path) -> dict:
+def _run(config: Path, overwrite: bool) -> dict:
+    """Validate everything that can be checked up front (config, model against config, run folder),
+    then run the flow. A problem found up front is one message and exit code 2, with no traceback."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from audit.config import ConfigError
+    from audit.config import ConfigError, load_config
     from audit.manifest import ManifestError
     from audit.models import ModelError
+    from audit.pipeline import preflight
+    from audit.runfolder import MARKER, RunFolderError
+
+    problems = (ConfigError, ManifestError, ModelError, RunFolderError)
+    try:
+        cfg = load_config(config)
+        preflight(cfg)
+        if not overwrite and cfg.run_dir.is_dir() and any(cfg.run_dir.iterdir()):
+            owned = (cfg.run_dir / MARKER).is_file()
+            raise RunFolderError(
+                f"{cfg.run_dir} already holds an audit run; pass --overwrite to replace it, or choose another run_name"
+                if owned
+                else f"{cfg.run_dir} exists and was not written by an audit run; choose another run_name or output_dir"
+            )
+    except problems as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     from flows.audit_flow import audit_flow
 
     try:
-        return audit_flow(str(config))
-    except (ConfigError, ManifestError, ModelError) as err:
+        return audit_flow(str(config), overwrite)
+    except problems as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
 
@@ -43,9 +62,12 @@ def _explain(result: dict) -> None:
 
 
 @app.command()
-def run(config: Annotated[Path, typer.Argument(help="audit config (YAML)")]) -> None:
+def run(
+    config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run with the same run_name")] = False,
+) -> None:
     """Run the audit flow and print the verdict and report paths."""
-    result = _run(config)
+    result = _run(config, overwrite)
     typer.echo(f"verdict: {result['verdict'].upper()}")
     _explain(result)
     typer.echo(f"HTML report: {result['html']}")
@@ -56,10 +78,11 @@ def run(config: Annotated[Path, typer.Argument(help="audit config (YAML)")]) -> 
 def check(
     config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
     strict: Annotated[bool, typer.Option(help="treat 'warn' as failing")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run with the same run_name")] = False,
 ) -> None:
     """Run the audit as a release gate: exit 0 pass, 1 fail, 2 could not run ('warn' is 0 unless --strict)."""
     try:
-        result = _run(config)
+        result = _run(config, overwrite)
     except typer.Exit:
         raise
     except Exception as err:  # anything that stops the audit means "could not run", never "pass"
@@ -94,6 +117,6 @@ def demo(
         typer.echo(f"\n=== {name}: {title[name]}")
         config = prepare_demo(cache, reports, twin=name)
         typer.echo(f"config: {config}")
-        run(config)
+        run(config, overwrite=True)  # the demo's own folders, regenerated on every call
         typer.echo("\ncounterfactual check (the same audit images with the ink removed):")
         typer.echo(counterfactual_summary(reports / TWINS[name][3] / "images.parquet"))

@@ -61,7 +61,7 @@ def test_flow_end_to_end(prefect_harness: None, hostile_set: Path, tiny_model: P
     html = (run / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "ghost" in html and "image not found" in html
+    assert "ghost" in html and "image_path: file not found" in html
     for meaning in MEANINGS.values():  # every metric is printed with its meaning (autoescaped text)
         assert meaning.split(" (")[0].replace("'", "&#39;") in html
     assert "Explanation sanity check" in html and "classifier.3" in html
@@ -163,11 +163,36 @@ def test_check_exit_codes(prefect_harness: None, tiny_set: Path, tiny_model: Pat
     ok = runner.invoke(app, ["check", str(config)])
     assert ok.exit_code == 0, ok.output
     assert "verdict: WARN" in ok.output
-    assert runner.invoke(app, ["check", str(config), "--strict"]).exit_code == 1
+    again = runner.invoke(app, ["check", str(config), "--strict"])  # the same run_name is never silently replaced
+    assert again.exit_code == 2 and "already holds an audit run; pass --overwrite" in again.output
+    assert runner.invoke(app, ["check", str(config), "--strict", "--overwrite"]).exit_code == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("run_name: gate", "run_name: gate\nbogus_key: 1"))
     broken = runner.invoke(app, ["check", str(bad)])
     assert broken.exit_code == 2 and "bogus_key: unknown key" in broken.output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"data.classes": ["nevus", "melanoma", "eczema"]}, "data.classes: 3 names for a model with 2 outputs"),
+        ({"data.classes": ["melanoma", "melanoma"]}, "data.classes: ['melanoma'] listed more than once"),
+        ({"explain.target_layer": "features.99"}, "explain.target_layer: 'features.99'"),
+        ({"preprocessing.size": [0, 0]}, "preprocessing.size.0: Input should be greater than 0"),
+        ({"data.manifest": "nowhere.csv"}, "data.manifest:"),
+    ],
+)
+def test_config_problems_are_one_message_before_any_image_is_read(
+    tiny_set: Path, tiny_model: Path, tmp_path: Path, override: dict, message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    config = write_config(tmp_path / "c.yaml", tiny_set, tiny_model, run_name="cfg", **override)
+    result = CliRunner().invoke(app, ["run", str(config)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "reports" / "cfg").exists()
 
 
 def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from audit.imaging import image_tensor, open_image
+from audit.inputs import Picture, to_tensor
 from audit.models import build_torchvision
 from audit.pipeline import run_audit
 from tests.conftest import write_config
@@ -41,7 +41,8 @@ def test_each_finding_is_explained_against_its_own_mask(tiny_set: Path, tmp_path
     assert (images["explained"] == images["label"]).all()
 
     first = images.iloc[0]
-    x = image_tensor(open_image(root / base["image_path"].iloc[0], 3), _pre(config))[None]
+    pixels = np.asarray(Image.open(root / base["image_path"].iloc[0]).convert("RGB"))
+    x = to_tensor(Picture(pixels), _pre(config))[None]
     with torch.no_grad():
         expected = torch.sigmoid(model(x))[0, 0].item()
     assert abs(first["probability"] - expected) < 1e-5 and first["explained_probability"] == first["probability"]

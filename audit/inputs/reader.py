@@ -1,0 +1,169 @@
+"""One manifest row -> pixels: the image, its region, and the optional artifact mask and
+counterfactual rendering. The manifest check (:meth:`RowReader.check`, headers only) and the explain
+stage (:meth:`RowReader.read`, full decode) both go through here, so a format is added in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audit.config import AuditConfig
+from audit.inputs import dicom
+from audit.inputs.errors import InputError
+from audit.inputs.masks import (
+    check_region,
+    fit_region,
+    region_from_box,
+    region_from_coco,
+    region_from_image,
+    region_from_labelmap,
+)
+from audit.inputs.paths import DataRoot
+from audit.inputs.pixels import Picture
+from audit.inputs.raster import decode_raster, raster_size
+from audit.provenance import sha256_bytes
+
+FILE_COLUMNS = ("image_path", "mask_path", "artifact_mask_path", "counterfactual_path")
+
+
+def blank(value: object) -> bool:
+    """None, NaN, or only whitespace: what a manifest cell means by "no value"."""
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:
+        return True
+    return str(value).strip() == ""
+
+
+@dataclass
+class Sample:
+    """A row's decoded inputs, in the image's own geometry, with the SHA-256 of every file read."""
+
+    image: Picture
+    region: np.ndarray
+    artifact: np.ndarray | None
+    counterfactual: Picture | None
+    sha256: dict[str, str]
+
+
+class RowReader:
+    """Reads rows of one audit's manifest under its config (data root, formats, intensity, masks)."""
+
+    def __init__(self, cfg: AuditConfig) -> None:
+        self.cfg = cfg
+        self.root = DataRoot(cfg.data.data_root)
+        self.spec = cfg.data.mask
+        self.mask_from_file = self.spec.kind in ("image", "labelmap", "dicom-seg")
+
+    def _columns(self, row: dict) -> list[str]:
+        cols = ["image_path"]
+        if self.mask_from_file:
+            cols.append("mask_path")
+        return cols + [c for c in ("artifact_mask_path", "counterfactual_path") if not blank(row.get(c))]
+
+    def paths(self, row: dict) -> dict[str, Path]:
+        """Every file the row names, resolved inside the data root (or the row's InputError)."""
+        out = {}
+        for col in self._columns(row):
+            if blank(row.get(col)):
+                what = "no image" if col == "image_path" else "no mask: the region that should matter is unknown"
+                raise InputError(f"empty {col} ({what})", column=col)
+            out[col] = self.root.resolve(row[col], col)
+        return out
+
+    def _size(self, path: Path, column: str) -> tuple[int, int]:
+        try:
+            if dicom.is_dicom(path):
+                return dicom.dicom_size(path, self.cfg.data.dicom_frame)
+            return raster_size(path)
+        except InputError as err:
+            raise err.located(column, path.name) from None
+
+    def _picture(self, path: Path, data: bytes, column: str) -> Picture:
+        try:
+            if dicom.is_dicom(path):
+                return dicom.read_dicom(path, self.cfg.preprocessing.intensity, self.cfg.data.dicom_frame)
+            return decode_raster(data, self.cfg.preprocessing.intensity)
+        except InputError as err:
+            raise err.located(column, path.name) from None
+
+    def _region(self, row: dict, paths: dict[str, Path], data: bytes | None, size: tuple[int, int]) -> np.ndarray:
+        kind = self.spec.kind
+        if kind == "image":
+            region = region_from_image(data if data is not None else paths["mask_path"], self.cfg.data.mask_threshold)
+        elif kind == "labelmap":
+            region = region_from_labelmap(data if data is not None else paths["mask_path"], self.spec.values)
+        elif kind == "dicom-seg":
+            region = dicom.read_dicom_seg(paths["mask_path"], self.spec.segments)
+        elif kind == "coco":
+            assert self.spec.coco is not None
+            region = region_from_coco(self.spec.coco, str(row["image_id"]), self.spec.categories)
+        else:
+            region = region_from_box(row, self.spec.box_columns, size)
+        region = fit_region(region, size, "mask")
+        check_region(region, self.spec, self.cfg.data.mask_threshold)
+        return region
+
+    def _located(self, column: str, paths: dict[str, Path], fn, *args):
+        """Run ``fn``; any error becomes an InputError naming ``column`` and its file."""
+        file = paths[column].name if column in paths else ""
+        try:
+            return fn(*args)
+        except InputError as err:
+            raise err.located(column, file) from None
+        except Exception as err:  # decoders raise a zoo of types; each is this row's problem only
+            raise InputError(f"cannot read {column}: {type(err).__name__}: {err}", column=column, file=file) from None
+
+    def check(self, row: dict) -> dict[str, Path]:
+        """Cheap validation at manifest time: paths, image header, the region (decoded: masks are
+        small), the optional files' headers and geometry. Returns the resolved paths."""
+        paths = self.paths(row)
+        size = self._size(paths["image_path"], "image_path")
+        mask_col = "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
+        self._located(mask_col, paths, self._region, row, paths, None, size)
+        if "artifact_mask_path" in paths:  # may be empty: "no artifact on this image"
+            art = self._located(
+                "artifact_mask_path",
+                paths,
+                region_from_image,
+                paths["artifact_mask_path"],
+                self.cfg.data.mask_threshold,
+            )
+            self._located("artifact_mask_path", paths, fit_region, art, size, "artifact mask")
+        if "counterfactual_path" in paths:
+            cf_size = self._size(paths["counterfactual_path"], "counterfactual_path")
+            if cf_size != size:
+                raise InputError(
+                    f"counterfactual image is {cf_size[0]}x{cf_size[1]} but the image is {size[0]}x{size[1]}",
+                    column="counterfactual_path",
+                    file=paths["counterfactual_path"].name,
+                )
+        return paths
+
+    def read(self, row: dict) -> Sample:
+        """Full decode of the row's files, each read once (hashed and decoded from the same bytes)."""
+        paths = self.paths(row)
+        data = {col: self._located(col, paths, p.read_bytes) for col, p in paths.items()}
+        image = self._located("image_path", paths, self._picture, paths["image_path"], data["image_path"], "image_path")
+        mask_col = "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
+        region = self._located(mask_col, paths, self._region, row, paths, data.get("mask_path"), image.size)
+        artifact = counterfactual = None
+        if "artifact_mask_path" in paths:
+            art = self._located(
+                "artifact_mask_path", paths, region_from_image, data["artifact_mask_path"], self.cfg.data.mask_threshold
+            )
+            artifact = self._located("artifact_mask_path", paths, fit_region, art, image.size, "artifact mask")
+        if "counterfactual_path" in paths:
+            cf_path = paths["counterfactual_path"]
+            counterfactual = self._located(
+                "counterfactual_path", paths, self._picture, cf_path, data["counterfactual_path"], "counterfactual_path"
+            )
+            if counterfactual.size != image.size:
+                raise InputError(
+                    "counterfactual image size differs from the image", column="counterfactual_path", file=cf_path.name
+                )
+        sha = {col: sha256_bytes(b) for col, b in data.items()}
+        return Sample(image, region, artifact, counterfactual, sha)

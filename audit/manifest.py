@@ -127,7 +127,9 @@ def subgroup_value(cfg: AuditConfig, column: str, raw: object) -> str:
 
 def _check_row(row: dict, reader: RowReader, cfg: AuditConfig) -> dict:
     label = row["label"]
-    if blank(label) or str(label) not in cfg.data.classes:
+    if blank(label):
+        raise InputError("missing label", column="label", hint=f"one of: {', '.join(cfg.data.classes)}")
+    if str(label) not in cfg.data.classes:
         raise InputError(f"unknown label {label!r} (classes: {', '.join(cfg.data.classes)})", column="label")
     groups = {col: subgroup_value(cfg, col, row[col]) for col in cfg.data.subgroups}
     paths = reader.check(row)

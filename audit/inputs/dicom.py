@@ -72,8 +72,8 @@ def dicom_size(path: Source, frame: int | None) -> tuple[int, int]:
 def read_dicom(path: Source, intensity: Intensity, frame: int | None) -> Picture:
     """Decode one frame and scale it to float32 [0, 1] per ``intensity`` (see the module's docstring).
 
-    ``frame`` None or 0 reads a single-frame file; a multi-frame file needs ``frame`` (0-based), and
-    only that frame is decoded.
+    A single-frame file is read whatever ``frame`` says; a multi-frame file needs ``frame`` (0-based),
+    and only that frame is decoded.
     """
     ds = _header(path)
     index = _frame_index(ds, frame)
@@ -215,11 +215,13 @@ def _frames(ds: Dataset) -> int:
 
 
 def _frame_index(ds: Dataset, frame: int | None) -> int:
+    """The frame to decode. ``data.dicom_frame`` applies to multi-frame files; a single-frame file
+    (a set may mix both) is read as it is."""
     n = _frames(ds)
-    if frame is None:
-        if n > 1:
-            raise InputError(f"multi-frame DICOM ({n} frames)", hint=_FRAME_HINT)
+    if n == 1:
         return 0
+    if frame is None:
+        raise InputError(f"multi-frame DICOM ({n} frames)", hint=_FRAME_HINT)
     if not 0 <= frame < n:
         raise InputError(
             f"frame {frame} out of range: the DICOM file has {n} frame{'s' if n > 1 else ''}",

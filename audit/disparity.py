@@ -78,6 +78,13 @@ def reliance_evidence(images: pd.DataFrame) -> pd.Series:
     return out
 
 
+def localised(images: pd.DataFrame) -> pd.Series:
+    """Images that have a region (rows without one are audited for performance only)."""
+    if "localised" not in images:
+        return pd.Series(True, index=images.index)
+    return images["localised"].astype(bool)
+
+
 def outside_drop(images: pd.DataFrame) -> pd.Series:
     """Per image, the drop in the explained class's probability under its most specific
     neutralisation (supplied counterfactual, else annotated artifact, else the outside of the mask);
@@ -225,6 +232,7 @@ def disparity_tests(
     judged_focus = judged_focus_classes(cfg)
     with_cf = has_counterfactual(images)
     dependent = outside_dependent(images, cfg).to_numpy(float) if with_cf else None
+    measured = reliance_evidence(images).notna().to_numpy()  # images whose reliance was measured
     usable = (~images["zero_map"] & images["focus"].notna()).to_numpy()
     rows = []
     for col in columns:
@@ -247,6 +255,7 @@ def disparity_tests(
                     rec.update(p=np.nan, judged_on="not judged: absence class (data.absence_classes)")
                 rows.append(rec)
             if with_cf:
+                compared = compared & measured
                 frame = images[compared]
                 dep = dependent[compared]
                 key = (col, group, RELIANCE)

@@ -88,6 +88,12 @@ def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
     manifest.exclusions.to_csv(work / "exclusions_manifest.csv", index=False)
     (work / "counts.json").write_text(json.dumps({"rows_read": manifest.rows_read}))
     inc = manifest.included
+    if inc.empty:  # stop before loading anything else, and leave the reasons where the message says
+        write_csv(manifest.exclusions, cfg.run_dir / "exclusions.csv")
+        raise ManifestError(
+            f"no usable image in {cfg.data.manifest}: all {manifest.rows_read} rows were excluded "
+            f"(reasons in {cfg.run_dir / 'exclusions.csv'})"
+        )
     size = cfg.explain.shard_size
     shards = []
     for i, start in enumerate(range(0, len(inc), size)):
@@ -210,7 +216,9 @@ def explain_batch(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: li
 
     x = torch.stack([to_tensor(s.image, pre) for s in samples]).to(cfg.explain.device)
     cam = ex.method(x, _target(cfg, [str(r["label"]) for r in rows]))
-    masks = torch.stack([at_input_size(s.region) for s in samples]).to(cam.maps.device)
+    nothing = torch.zeros(pre.size, dtype=torch.bool)  # rows without a region: measured, then blanked
+    masks = torch.stack([nothing if s.region is None else at_input_size(s.region) for s in samples])
+    masks = masks.to(cam.maps.device)
     probs = probabilities(cfg, cam.logits)
     return Explained(
         x=x,
@@ -235,9 +243,11 @@ def _outcome(cfg: AuditConfig, label: str, probs: torch.Tensor, idx: int, explai
 
 def region_sha256(sample: Sample) -> str:
     """The mask file's SHA-256, or for regions that come from no file of their own (COCO, boxes) the
-    SHA-256 of the region's shape and bits."""
+    SHA-256 of the region's shape and bits ('' for a row without a region)."""
     if "mask_path" in sample.sha256:
         return sample.sha256["mask_path"]
+    if sample.region is None:
+        return ""
     return sha256_bytes(np.asarray(sample.region.shape, np.int64).tobytes() + np.packbits(sample.region).tobytes())
 
 
@@ -248,6 +258,11 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
     if cfg.counterfactual.enabled:
         cols.update(neutralised(cfg, ex.model, e.x, e.masks, e.arts, idx, e.explained_p, e.cam.maps))
     cf = supplied(cfg, ex.model, e.cfs, idx)
+    # no region, no localisation: metrics that need the region (and the outside's neutralisation) are NaN
+    localised = torch.as_tensor([s.region is not None for s in samples])
+    for name in cols:
+        if name not in ("mass_artifact", "artifact_area", "artifact_delta"):
+            cols[name] = torch.where(localised.to(cols[name].device), cols[name], torch.nan)
     classes, records = cfg.data.classes, []
     for i, (r, sample) in enumerate(zip(rows, samples, strict=True)):
         rec = {k: v for k, v in r.items() if k not in FILE_COLUMNS}
@@ -260,6 +275,8 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
             image_sha256=sample.sha256["image_path"],
             mask_sha256=region_sha256(sample),
             image_format=sample.image.description,
+            localised=sample.region is not None,
+            localisation_note=sample.no_region,
         )
         rec.update({k: float(v[i]) for k, v in cols.items()})
         rec.update({f"p_{c}": float(e.probs[i, j]) for j, c in enumerate(classes)})
@@ -399,6 +416,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "checks": verdict.checks,
         "rows_read": rows_read,
         "included": len(images),
+        "performance_only": int((~images["localised"]).sum()),
         "excluded": len(exclusions),
         "flagged_images": int(images["flagged"].sum()),
         "zero_maps": int(images["zero_map"].sum()),
@@ -408,6 +426,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "agreement": agreement(cfg, images),
         "correction": cfg.stats.correction,
         "area_mean": float(images["area"].mean()),
+        "mask_kind": cfg.data.mask.kind,
         "overall": overall,
         "sanity": sanity,
         "layer": layer["layer"],

@@ -111,7 +111,7 @@ def thumbnail_sections(
     compared with images explained for the same class; then the lowest-focus flagged images overall."""
     maps = _load_maps(cfg.run_dir / "work")
     paths = included.set_index("row", drop=False)
-    judged = images[~images["zero_map"]].copy()
+    judged = images[~images["zero_map"] & images["focus"].notna()].copy()
     judged["rank"] = within_stratum_ranks(judged["focus"].to_numpy(), judged["explained"].to_numpy())
     sections = []
     for _, g in subgroups[subgroups["status"].isin(PROBLEM_STATUSES)].iterrows():
@@ -163,6 +163,11 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
         "reliance_tests": [] if tests is None else tests[tests["test"] == "reliance"].to_dict("records"),
         "problem_statuses": PROBLEM_STATUSES,
         "exclusions": exclusions.to_dict("records"),
+        "performance_only": (
+            images.loc[~images["localised"], ["row", "image_id", "localisation_note"]].to_dict("records")
+            if "localised" in images
+            else []
+        ),
         "sections": thumbnail_sections(cfg, images, subgroups, included),
         "n_flagged": int(images["flagged"].sum()),
         "has_counterfactual": "counterfactual_delta" in images,
@@ -176,8 +181,11 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
 
 
 def write_pdf(html: str, target: Path) -> None:
+    from PIL import ImageFile
     from weasyprint import HTML
     from weasyprint.urls import FatalURLFetchingError, URLFetcher
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # weasyprint's import turned it on for the whole process
 
     # WeasyPrint warns once per font that it subsets with fontTools (no libharfbuzz-subset here): noise
     logging.getLogger("weasyprint").setLevel(logging.ERROR)

@@ -17,9 +17,11 @@ from audit.disparity import (
     STATUS_SMALL,
     group_status,
     has_counterfactual,
+    localised,
     outside_dependent,
     outside_drop,
     reference_mask,
+    reliance_evidence,
     seed_for,
 )
 from audit.stats import auroc, auroc_ci, bootstrap_ci, difference_ci, ovr_auroc, percentile_ci, proportion_ci
@@ -113,7 +115,15 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame, tests: pd.DataFrame) 
             in_group_all = (images[col].astype(str) == group).to_numpy()
             g = images[in_group_all]
             n = len(g)
-            rec: dict[str, object] = {"column": col, "group": group, "n": n, "n_judged": int((~g["zero_map"]).sum())}
+            located = localised(g)
+            n_loc = int(located.sum())
+            rec: dict[str, object] = {
+                "column": col,
+                "group": group,
+                "n": n,
+                "n_localised": n_loc,
+                "n_judged": int((~g["zero_map"] & located).sum()),
+            }
             for metric in metrics.MEANINGS:
                 m, lo, hi = mean_ci(cfg, g[metric], col, group, metric)
                 rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
@@ -121,14 +131,17 @@ def subgroup_table(cfg: AuditConfig, images: pd.DataFrame, tests: pd.DataFrame) 
             rec["area_mean"] = float(g["area"].mean())
             for name, mask in (("flagged", g["flagged"]), ("flagged_correct", g["flagged"] & g["correct"])):
                 k = int(mask.sum())
-                lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
-                rec.update({name: k, f"{name}_share": k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+                lo, hi = proportion_ci(k, n_loc, cfg.stats.ci_level)
+                share = k / n_loc if n_loc else np.nan
+                rec.update({name: k, f"{name}_share": share, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
             rec.update(_performance(cfg, g, col, group))
             if has_counterfactual(g):
-                k = int(outside_dependent(g, cfg).sum())
-                lo, hi = proportion_ci(k, n, cfg.stats.ci_level)
+                measured = reliance_evidence(g).notna()
+                n_cf = int(measured.sum())
+                k = int(outside_dependent(g, cfg)[measured].sum())
+                lo, hi = proportion_ci(k, n_cf, cfg.stats.ci_level)
                 rec["outside_drop_mean"] = float(outside_drop(g).mean())
-                rec.update(outside_dependent=k, outside_dependent_share=k / n)
+                rec.update(outside_dependent=k, outside_dependent_share=k / n_cf if n_cf else np.nan)
                 rec.update(outside_dependent_ci_low=lo, outside_dependent_ci_high=hi)
             if "artifact_delta" in g:
                 rec["artifact_delta_mean"] = float(g["artifact_delta"].mean())

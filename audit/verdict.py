@@ -15,7 +15,9 @@ from audit.disparity import (
     STATUS_RELIES,
     STATUS_SMALL,
     has_counterfactual,
+    localised,
     outside_dependent,
+    reliance_evidence,
 )
 from audit.sanity import judged_similarity
 
@@ -119,15 +121,17 @@ def decide(
     t = cfg.thresholds
     v = Verdict()
     _subgroup_rules(v, subgroups, cfg, has_counterfactual(images))
-    n = len(images)
-    _share_rule(v, f"spurious focus (focus below {t.focus:g})", int(images["flagged"].sum()), n, t.flagged_share)
-    rfwr = int((images["flagged"] & images["correct"]).sum())
+    located = images[localised(images)]  # the shares of localisation are over images with a region
+    n = len(located)
+    _share_rule(v, f"spurious focus (focus below {t.focus:g})", int(located["flagged"].sum()), n, t.flagged_share)
+    rfwr = int((located["flagged"] & located["correct"]).sum())
     _share_rule(v, "right for the wrong reason (flagged and correct)", rfwr, n, t.right_for_wrong_reason)
     if has_counterfactual(images):
-        dependent = int(outside_dependent(images, cfg).sum())
-        _share_rule(v, "prediction depends on evidence outside the mask (counterfactual)", dependent, n,
-                    t.outside_dependence)  # fmt: skip
-    _share_rule(v, "all-zero maps (cannot be judged)", int(images["zero_map"].sum()), n, t.zero_maps)
+        measured = reliance_evidence(images).notna()
+        dependent = int(outside_dependent(images, cfg)[measured].sum())
+        _share_rule(v, "prediction depends on evidence outside the mask (counterfactual)", dependent,
+                    int(measured.sum()), t.outside_dependence)  # fmt: skip
+    _share_rule(v, "all-zero maps (cannot be judged)", int(located["zero_map"].sum()), n, t.zero_maps)
     if min(map_size) < t.min_map_size:
         v.raise_to(
             "warn",

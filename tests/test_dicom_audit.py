@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from audit.examples.dicom import write_dicom
+from audit.examples.dicom import write_dicom, write_dicom_seg
 from audit.pipeline import run_audit
 from tests.conftest import write_config
 
@@ -94,3 +94,44 @@ def test_every_encoding_of_one_picture_reaches_the_model_identically(
         assert np.ptp(images.loc[list(VARIANTS), col].to_numpy()) < 1e-6, col
     # 12-bit grey through the window vs 8-bit grey / 255 differ by < 0.5 %: nearly the same map
     assert abs(images.loc["png8", "mass_in"] - images.loc["windowed", "mass_in"]) < 0.01
+
+
+def test_dicom_seg_masks(dicom_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """Regions from DICOM Segmentation files (highdicom), one per image, segment 1 = the lesion."""
+    root = dicom_set.parent
+    df = pd.read_csv(dicom_set).iloc[:12]
+    df = df[df["image_id"] != "cine"].copy()
+    (root / "seg").mkdir(exist_ok=True)
+    for i, r in df.iterrows():
+        lesion = np.asarray(Image.open(root / r["mask_path"]).convert("L")) > 127
+        corner = np.zeros_like(lesion)
+        corner[:8, :8] = True
+        write_dicom_seg(root / "seg" / f"{i:03d}.dcm", root / r["image_path"], {1: lesion, 2: corner})
+    df["mask_path"] = [f"seg/{i:03d}.dcm" for i in df.index]
+    df.to_csv(root / "seg_manifest.csv", index=False)
+    config = write_config(
+        tmp_path / "s.yaml", root / "seg_manifest.csv", tiny_model, run_name="seg",
+        **{"sanity.enabled": False, "data.mask": {"kind": "dicom-seg", "segments": [1]},
+           "thresholds.min_group_size": 2},
+    )  # fmt: skip
+    seg = pd.read_parquet(run_audit(config).run_dir / "images.parquet").set_index("image_id")
+    png = write_config(
+        tmp_path / "p.yaml", root / "manifest.csv", tiny_model, run_name="png", **{"sanity.enabled": False}
+    )
+    ref = pd.read_parquet(run_audit(png).run_dir / "images.parquet").set_index("image_id").loc[seg.index]
+    assert len(seg) == len(df) == 12  # segment 1 is the PNG lesion mask: the same region, the same numbers
+    np.testing.assert_allclose(seg["mass_in"], ref["mass_in"], atol=1e-6)  # batches differ: float order
+    np.testing.assert_allclose(seg["area"], ref["area"], atol=1e-9)
+
+
+def test_nothing_usable_stops_the_run_and_says_why(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from audit.manifest import ManifestError
+
+    root = tmp_path / "none"
+    shutil.copytree(tiny_set.parent, root)
+    pd.read_csv(root / "manifest.csv").head(3).assign(label="eczema").to_csv(root / "manifest.csv", index=False)
+    config = write_config(tmp_path / "n.yaml", root / "manifest.csv", tiny_model, run_name="none")
+    with pytest.raises(ManifestError, match="all 3 rows were excluded"):
+        run_audit(config)
+    exclusions = pd.read_csv(tmp_path / "reports" / "none" / "exclusions.csv")
+    assert len(exclusions) == 3 and exclusions["reason"].str.contains("unknown label 'eczema'").all()

@@ -231,3 +231,30 @@ def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, 
     sections = thumbnail_sections(load_config(config), images, flagged, included)
     assert sections[0]["title"].startswith(f"site×sex = {flagged['group'].iloc[0]}")
     assert len(sections[0]["thumbs"]) == min(12, int(flagged["n_judged"].iloc[0]))
+
+
+def test_rows_without_a_mask_count_for_performance_only(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from audit.pipeline import run_audit
+
+    root = tmp_path / "set"
+    shutil.copytree(tiny_set.parent, root)
+    df = pd.read_csv(root / "manifest.csv")
+    df.loc[:2, "mask_path"] = ""
+    df.to_csv(root / "manifest.csv", index=False)
+    config = write_config(
+        tmp_path / "nm.yaml", root / "manifest.csv", tiny_model, run_name="nm", **{"sanity.enabled": False}
+    )
+    run = run_audit(config).run_dir
+    images = pd.read_parquet(run / "images.parquet")
+    assert len(images) == 24 and len(pd.read_csv(run / "exclusions.csv")) == 0
+    no_mask = images[~images["localised"]]
+    assert no_mask["row"].tolist() == [1, 2, 3] and no_mask["localisation_note"].str.contains("no mask").all()
+    assert no_mask[["mass_in", "focus", "outside_delta"]].isna().all().all() and not no_mask["flagged"].any()
+    assert images["correct"].notna().all() and images.loc[images["localised"], "focus"].notna().all()
+    table = pd.read_csv(run / "subgroups.csv")
+    assert (table.groupby("column")["n"].sum() == 24).all() and (
+        table.groupby("column")["n_localised"].sum() == 21
+    ).all()
+    summary = json.loads((run / "work" / "summary.json").read_text())
+    assert summary["performance_only"] == 3 and summary["overall"]["mass_in"]["n"] == 21
+    assert "Audited for performance only" in (run / "report.html").read_text()

@@ -209,3 +209,16 @@ def test_csv_cells_never_run_as_formulas(tmp_path: Path) -> None:
 def test_picture_rejects_what_the_pipeline_cannot_use() -> None:
     with pytest.raises(ValueError, match="Picture needs"):
         Picture(np.zeros((4, 4), np.uint8))
+
+
+def test_truncated_images_stay_refused_after_weasyprint_is_imported(tmp_path: Path) -> None:
+    """WeasyPrint switches Pillow's LOAD_TRUNCATED_IMAGES on at import; the reader must not inherit it."""
+    import weasyprint  # noqa: F401
+    from PIL import ImageFile
+
+    good = tmp_path / "t.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:300])
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as weasyprint leaves it
+    with pytest.raises(OSError, match="truncated"):
+        decode_raster(tmp_path / "cut.png", AUTO)

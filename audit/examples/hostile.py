@@ -49,7 +49,16 @@ BAD = {
     "multi_frame": "multi-frame DICOM",
 }
 # good kinds: each must be audited, with the same numbers as when audited among good rows only
-GOOD = ("good", "good_16bit", "good_dicom", "good_red_mask", "good_html", "good_formula", "good_missing_group")
+GOOD = (
+    "good",
+    "good_16bit",
+    "good_dicom",
+    "good_red_mask",
+    "good_html",
+    "good_formula",
+    "good_missing_group",
+    "good_no_mask",  # audited for performance only: no localisation numbers
+)
 KINDS = (*GOOD, *BAD)
 
 
@@ -199,7 +208,9 @@ def build_hostile_set(base: Path, kinds: list[str], pool: int = 6, seed: int = 3
                 row["site"] = '=HYPERLINK("http://evil.example","click")'
             elif kind == "good_missing_group":
                 row["sex"] = None
-            key = f"{kind if kind in ('good_16bit', 'good_dicom', 'good_red_mask') else 'good'}:{k}"
+            elif kind == "good_no_mask":
+                row["mask_path"] = None
+            key = f"{kind if kind in ('good_16bit', 'good_dicom', 'good_red_mask', 'good_no_mask') else 'good'}:{k}"
             phrase = ""
         else:
             row = _bad_row(kind, root, outside, {**base_row, **_good_file(root, p, "good", k)}, rows[0]["image_id"])

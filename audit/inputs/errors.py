@@ -17,3 +17,8 @@ class InputError(ValueError):
     def located(self, column: str, file: str) -> InputError:
         """The same error, with the column and file filled in where the raiser did not know them."""
         return InputError(self.reason, column=self.column or column, file=self.file or file, hint=self.hint)
+
+
+class NoRegion(InputError):
+    """The row has no region annotation (no mask file, no box, no COCO annotation). Not a reason to
+    drop the row: it is audited for performance and left out of localisation, with this reason."""

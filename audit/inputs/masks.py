@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from audit.config import MaskSource
-from audit.inputs.errors import InputError
+from audit.inputs.errors import InputError, NoRegion
 from audit.inputs.raster import decode_values
 
 
@@ -89,7 +89,7 @@ def region_from_coco(path: Path, image_id: str, categories: tuple[str, ...]) -> 
         region |= coco_mask.decode(rle).astype(bool)
         found += 1
     if not found:
-        raise InputError(f"no COCO annotation{' of ' + str(list(categories)) if categories else ''} for this image")
+        raise NoRegion(f"no COCO annotation{' of ' + str(list(categories)) if categories else ''} for this image")
     return region
 
 
@@ -97,6 +97,8 @@ def region_from_box(row: dict, columns: tuple[str, str, str, str], size: tuple[i
     """Axis-aligned box (x0, y0, x1, y1) in the image's pixel coordinates, x1 and y1 exclusive; the
     pixels it touches form the region."""
     w, h = size
+    if all(row.get(c) is None or str(row.get(c)).strip() in ("", "nan") for c in columns):
+        raise NoRegion("no bounding box", column=",".join(columns))
     try:
         x0, y0, x1, y1 = (float(row[c]) for c in columns)
     except (KeyError, TypeError, ValueError):

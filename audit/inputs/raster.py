@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from audit.config import Intensity
 from audit.inputs.errors import InputError
@@ -24,6 +24,9 @@ BOMB_HINT = "downscale the image; Pillow refuses headers this large because deco
 
 
 def _open(source: Path | bytes) -> Image.Image:
+    # WeasyPrint sets Pillow's global LOAD_TRUNCATED_IMAGES = True when imported (the report renderer
+    # does so in the same process): truncated files would then decode silently, padded with grey.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Image.DecompressionBombError as err:

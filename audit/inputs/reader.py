@@ -5,6 +5,7 @@ stage (:meth:`RowReader.read`, full decode) both go through here, so a format is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from audit.config import AuditConfig
 from audit.inputs import dicom
-from audit.inputs.errors import InputError
+from audit.inputs.errors import InputError, NoRegion
 from audit.inputs.masks import (
     check_region,
     fit_region,
@@ -40,13 +41,15 @@ def blank(value: object) -> bool:
 
 @dataclass
 class Sample:
-    """A row's decoded inputs, in the image's own geometry, with the SHA-256 of every file read."""
+    """A row's decoded inputs, in the image's own geometry, with the SHA-256 of every file read.
+    ``region`` is None when the row has no region annotation; ``no_region`` then says why."""
 
     image: Picture
-    region: np.ndarray
+    region: np.ndarray | None
     artifact: np.ndarray | None
     counterfactual: Picture | None
     sha256: dict[str, str]
+    no_region: str = ""
 
 
 class RowReader:
@@ -59,20 +62,16 @@ class RowReader:
         self.mask_from_file = self.spec.kind in ("image", "labelmap", "dicom-seg")
 
     def _columns(self, row: dict) -> list[str]:
-        cols = ["image_path"]
-        if self.mask_from_file:
-            cols.append("mask_path")
-        return cols + [c for c in ("artifact_mask_path", "counterfactual_path") if not blank(row.get(c))]
+        optional = ("mask_path", "artifact_mask_path", "counterfactual_path") if self.mask_from_file else ()
+        optional = optional or ("artifact_mask_path", "counterfactual_path")
+        return ["image_path", *(c for c in optional if not blank(row.get(c)))]
 
     def paths(self, row: dict) -> dict[str, Path]:
-        """Every file the row names, resolved inside the data root (or the row's InputError)."""
-        out = {}
-        for col in self._columns(row):
-            if blank(row.get(col)):
-                what = "no image" if col == "image_path" else "no mask: the region that should matter is unknown"
-                raise InputError(f"empty {col} ({what})", column=col)
-            out[col] = self.root.resolve(row[col], col)
-        return out
+        """Every file the row names, resolved inside the data root (or the row's InputError). A blank
+        ``mask_path`` is not an error: the row has no region (see :class:`NoRegion`)."""
+        if blank(row.get("image_path")):
+            raise InputError("empty image_path (no image)", column="image_path")
+        return {col: self.root.resolve(row[col], col) for col in self._columns(row)}
 
     def _size(self, path: Path, column: str) -> tuple[int, int]:
         try:
@@ -92,6 +91,8 @@ class RowReader:
 
     def _region(self, row: dict, paths: dict[str, Path], data: bytes | None, size: tuple[int, int]) -> np.ndarray:
         kind = self.spec.kind
+        if self.mask_from_file and "mask_path" not in paths:
+            raise NoRegion("no mask (mask_path is empty)", column="mask_path")
         if kind == "image":
             region = region_from_image(data if data is not None else paths["mask_path"], self.cfg.data.mask_threshold)
         elif kind == "labelmap":
@@ -112,6 +113,8 @@ class RowReader:
         file = paths[column].name if column in paths else ""
         try:
             return fn(*args)
+        except NoRegion:
+            raise
         except InputError as err:
             raise err.located(column, file) from None
         except Exception as err:  # decoders raise a zoo of types; each is this row's problem only
@@ -123,7 +126,8 @@ class RowReader:
         paths = self.paths(row)
         size = self._size(paths["image_path"], "image_path")
         mask_col = "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
-        self._located(mask_col, paths, self._region, row, paths, None, size)
+        with contextlib.suppress(NoRegion):  # no region: audited for performance only
+            self._located(mask_col, paths, self._region, row, paths, None, size)
         if "artifact_mask_path" in paths:  # may be empty: "no artifact on this image"
             art = self._located(
                 "artifact_mask_path",
@@ -149,7 +153,11 @@ class RowReader:
         data = {col: self._located(col, paths, p.read_bytes) for col, p in paths.items()}
         image = self._located("image_path", paths, self._picture, paths["image_path"], data["image_path"], "image_path")
         mask_col = "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
-        region = self._located(mask_col, paths, self._region, row, paths, data.get("mask_path"), image.size)
+        region, no_region = None, ""
+        try:
+            region = self._located(mask_col, paths, self._region, row, paths, data.get("mask_path"), image.size)
+        except NoRegion as err:
+            no_region = err.reason
         artifact = counterfactual = None
         if "artifact_mask_path" in paths:
             art = self._located(
@@ -166,4 +174,4 @@ class RowReader:
                     "counterfactual image size differs from the image", column="counterfactual_path", file=cf_path.name
                 )
         sha = {col: sha256_bytes(b) for col, b in data.items()}
-        return Sample(image, region, artifact, counterfactual, sha)
+        return Sample(image, region, artifact, counterfactual, sha, no_region)

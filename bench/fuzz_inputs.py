@@ -41,6 +41,11 @@ def hook(event: str, args: tuple) -> None:
         OPENED.append(str(args[0]))
 
 
+def risky(cell: str) -> bool:
+    """A cell a spreadsheet would run as a formula (plain numbers such as -0.5 are safe)."""
+    return cell[:1] in ("=", "+", "-", "@") and not cell.lstrip("+-").replace(".", "", 1).replace("e-", "").isdigit()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1000)
@@ -96,6 +101,12 @@ def main() -> None:
             images = pd.read_parquet(result.run_dir / "images.parquet")
             exclusions = pd.read_csv(result.run_dir / "exclusions.csv", keep_default_na=False)
             report_ok = (result.run_dir / "report.pdf").read_bytes()[:5] == b"%PDF-"
+            html = (result.run_dir / "report.html").read_text()
+            unescaped = html.count("<script>alert(1)</script>")
+            formulas = sum(
+                int(pd.read_csv(result.run_dir / name, dtype=str, keep_default_na=False).map(risky).to_numpy().sum())
+                for name in ("exclusions.csv", "subgroups.csv", "disparities.csv")
+            )
         expected = hs.expected.set_index("row")
     accounted = set(images["row"]) | set(exclusions["row"])
     silent = len(kinds) - len(accounted) + (len(images) + len(exclusions) - len(accounted))
@@ -120,6 +131,9 @@ def main() -> None:
     print(f"good rows excluded          {good_excluded}")
     print(f"wrong reason                {len(wrong)}")
     if result is not None:
+        print(f"audited, performance only   {int((~images['localised']).sum())}  (rows without a mask)")
+        print(f"formula cells in the CSVs   {formulas}")
+        print(f"unescaped HTML in report    {unescaped}")
         print(f"report.pdf written          {report_ok}")
     print("\nreasons (by the kind of row planted):")
     hist = Counter(expected.loc[r, "kind"] for r in reasons.index)
@@ -129,6 +143,7 @@ def main() -> None:
     for k, r in wrong[:5]:
         print(f"  WRONG: {k}: {r}")
     ok = crashes == 0 and silent == 0 and not OPENED and payloads == 0 and not wrong and not bad_audited
+    ok = ok and (result is None or (formulas == 0 and unescaped == 0))
     sys.exit(0 if ok and not good_excluded else 1)
 
 

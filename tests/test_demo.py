@@ -115,7 +115,7 @@ def test_demo_flags_the_planted_site_only(prefect_harness: None, tmp_path: Path)
 
     from flows.cli import app
 
-    gate = CliRunner().invoke(app, ["check", str(config)])
+    gate = CliRunner().invoke(app, ["check", str(config), "--overwrite"])  # the run above holds run_name
     assert gate.exit_code == 1, gate.output
     assert "site = site_c" in gate.output
 

@@ -6,8 +6,10 @@ stage (:meth:`RowReader.read`, full decode) both go through here, so a format is
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from audit.inputs.pixels import Picture
 from audit.inputs.raster import decode_raster, raster_size
 from audit.provenance import sha256_bytes
 
+T = TypeVar("T")
 FILE_COLUMNS = ("image_path", "mask_path", "artifact_mask_path", "counterfactual_path")
 
 
@@ -108,7 +111,7 @@ class RowReader:
         check_region(region, self.spec, self.cfg.data.mask_threshold)
         return region
 
-    def _located(self, column: str, paths: dict[str, Path], fn, *args):
+    def _located(self, column: str, paths: dict[str, Path], fn: Callable[..., T], *args: object) -> T:
         """Run ``fn``; any error becomes an InputError naming ``column`` and its file."""
         file = paths[column].name if column in paths else ""
         try:

@@ -29,6 +29,7 @@ from audit.imaging import resize_mask
 from audit.inputs import RowReader
 from audit.pipeline import included_rows
 from audit.stats import within_stratum_ranks
+from audit.tables import read_csv
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_THUMBNAILS = 16
@@ -141,13 +142,13 @@ def render_report(cfg: AuditConfig) -> dict[str, str]:
     summary = json.loads((work / "summary.json").read_text())
     info = json.loads((run / "run.json").read_text())
     images = pd.read_parquet(run / "images.parquet")
-    subgroups = pd.read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
+    subgroups = read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
     subgroups["note"] = subgroups["note"].fillna("") if "note" in subgroups else ""
     try:
-        tests = pd.read_csv(run / "disparities.csv", keep_default_na=False, na_values=[""])
+        tests = read_csv(run / "disparities.csv", keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:  # no group could be compared with a reference
         tests = None
-    exclusions = pd.read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
+    exclusions = read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
     included = included_rows(cfg)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     env.filters["num"] = lambda v, d=2: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"

@@ -24,6 +24,22 @@ def neutralise(value: object) -> object:
     return value
 
 
+def restore(value: object) -> object:
+    """The value :func:`neutralise` was given (for readers of the run's own CSVs)."""
+    if isinstance(value, str) and value[:1] == "'" and value[1:2] in TRIGGERS:
+        return value[1:]
+    return value
+
+
+def read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
+    """A CSV written by :func:`write_csv`, with its text cells as they were before neutralising."""
+    df = pd.read_csv(path, **kwargs)
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
+            df[col] = df[col].map(restore)
+    return df
+
+
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     safe = df.copy()
     for col in safe.columns:

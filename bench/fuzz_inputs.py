@@ -7,7 +7,7 @@ Prints rows read / included / excluded, crashes, silent drops, files read outsid
 bad rows audited, good rows excluded, exclusions with the wrong reason, and the reasons histogram.
 The last four of the first group must be 0.
 
-    .venv/bin/python bench/fuzz_inputs.py [--rows 1000] [--seed 0]
+    .venv/bin/python bench/fuzz_inputs.py [--rows 1000] [--seed 0] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, help="build and audit here (kept afterwards) instead of a temporary folder")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     # half good rows (every good kind), half bad (every bad kind equally often), shuffled
@@ -62,7 +63,9 @@ def main() -> None:
         kinds.pop()
     sys.addaudithook(hook)
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
+        base = args.keep or Path(tmp)
+        if args.keep:
+            base.mkdir(parents=True, exist_ok=False)
         t0 = time.perf_counter()
         hs = build_hostile_set(base, kinds, pool=24)
         built = time.perf_counter() - t0

@@ -22,7 +22,7 @@ from audit.inputs.masks import (
 )
 from audit.inputs.paths import DataRoot
 from audit.inputs.raster import decode_raster, raster_size
-from audit.tables import neutralise, write_csv
+from audit.tables import neutralise, read_csv, write_csv
 
 AUTO = Intensity()
 
@@ -204,6 +204,7 @@ def test_csv_cells_never_run_as_formulas(tmp_path: Path) -> None:
     ]
     assert back["value"].tolist() == [-1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert neutralise("\t=1") == "'\t=1" and neutralise(3) == 3
+    assert read_csv(tmp_path / "t.csv", keep_default_na=False)["group"].tolist() == df["group"].tolist()  # as given
 
 
 def test_picture_rejects_what_the_pipeline_cannot_use() -> None:

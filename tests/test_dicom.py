@@ -251,3 +251,18 @@ def test_dicom_seg_round_trip(tmp_path: Path) -> None:
     assert "data.mask.segments" in err.value.hint
     with pytest.raises(InputError, match="cannot read DICOM-SEG"):
         read_dicom_seg(source, ())
+
+
+def test_a_header_claiming_a_huge_frame_is_refused_before_decoding(tmp_path: Path) -> None:
+    import pydicom
+
+    path = write_dicom(tmp_path / "small.dcm", np.zeros((4, 4), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 60000, 60000  # 3.6 G pixels claimed; the pixel data stays 32 bytes
+    ds.save_as(tmp_path / "bomb.dcm")
+    for call in (
+        lambda: dicom_size(tmp_path / "bomb.dcm", None),
+        lambda: read_dicom(tmp_path / "bomb.dcm", AUTO, None),
+    ):
+        with pytest.raises(InputError, match="decompression-bomb limit"):
+            call()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 from PIL import Image
 
 from audit.examples.dicom import write_dicom
@@ -44,6 +45,7 @@ BAD = {
     "long_path": "too long",
     "directory": "not a regular file",
     "bomb": "decompression-bomb",
+    "dicom_bomb": "decompression-bomb",
     "pickle_payload": "not an image Pillow can read",
     "broken_dicom": "DICOM",
     "multi_frame": "multi-frame DICOM",
@@ -120,6 +122,9 @@ def _assets(root: Path, outside: Path, marker: Path, pool: pd.DataFrame) -> None
     dcm = write_dicom(bad / "whole.dcm", grey).read_bytes()
     (bad / "broken.dcm").write_bytes(dcm[: len(dcm) - 2000])
     write_dicom(bad / "cine.dcm", np.stack([grey, grey]))
+    bomb = pydicom.dcmread(bad / "whole.dcm")
+    bomb.Rows, bomb.Columns = 60000, 60000  # claims 3.6 G pixels; holds 64x64
+    bomb.save_as(bad / "bomb.dcm")
 
 
 def _good_file(root: Path, pool_row: dict, kind: str, k: int) -> dict:
@@ -163,6 +168,7 @@ def _bad_row(kind: str, root: Path, outside: Path, base: dict, first_id: str) ->
         "long_path": "images/" + "a" * 300 + ".png",
         "directory": "bad/folder.png",
         "bomb": "bad/bomb.png",
+        "dicom_bomb": "bad/bomb.dcm",
         "pickle_payload": "bad/payload.png",
         "broken_dicom": "bad/broken.dcm",
         "multi_frame": "bad/cine.dcm",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -203,6 +204,13 @@ def _header(src: Source) -> Dataset:
         raise InputError(
             f"DICOM file has no image (no Rows / Columns; SOP class {ds.get('SOPClassUID', 'unknown')})",
             hint="image_path must name a DICOM image, not a report, SEG or other non-image object",
+        )
+    pixels = int(ds.Rows) * int(ds.Columns)
+    if pixels > 2 * Image.MAX_IMAGE_PIXELS:  # the limit Pillow applies to rasters, for the same reason
+        raise InputError(
+            f"decompression-bomb limit: a {ds.Columns}x{ds.Rows} DICOM frame ({pixels} pixels) exceeds "
+            f"{2 * Image.MAX_IMAGE_PIXELS} pixels",
+            hint="downscale the image; decoding frames this large can exhaust memory",
         )
     return ds
 

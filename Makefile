@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/audit demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -35,3 +35,11 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf .cache reports/*/ .pytest_cache .ruff_cache
+
+# The report's browser test uses Debian's chromium; install it where we may (root, apt, network), else
+# the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  { echo "installing Debian's chromium for the report's browser test"; \
+	    timeout 600 sh -c 'apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1' \
+	    || echo "could not install chromium: the browser test will skip"; }

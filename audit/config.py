@@ -369,6 +369,29 @@ class Stats(_Strict):
     ci_level: float = Field(default=0.95, gt=0.5, lt=1)
 
 
+class Context(_Strict):
+    """What the audit is about, for the compliance packet (EU AI Act Annex IV, FDA GMLP): every key is
+    optional free text, printed as given (escaped) in the report's cover and context section."""
+
+    model_name: str | None = None
+    model_version: str | None = None
+    intended_use: str | None = None
+    population: str | None = None
+    sites: str | None = None
+    annotation_protocol: str | None = None
+    independence: str | None = None  # how the audit set is independent of the training data
+    author: str | None = None
+    organisation: str | None = None
+
+
+class Report(_Strict):
+    """``max_cases``: flagged cases drawn in the gallery (worst focus first); ``panel_size``: the height
+    in pixels of each of a case's three panels (image, map, region), sized for print."""
+
+    max_cases: int = Field(default=200, ge=0)
+    panel_size: int = Field(default=160, ge=32, le=1024)
+
+
 class AuditConfig(_Strict):
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     output_dir: Path = Path("reports")
@@ -381,6 +404,8 @@ class AuditConfig(_Strict):
     sanity: Sanity = Sanity()
     counterfactual: Counterfactual = Counterfactual()
     stats: Stats = Stats()
+    context: Context = Context()
+    report: Report = Report()
 
     @field_validator("run_name")
     @classmethod

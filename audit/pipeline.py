@@ -8,6 +8,7 @@ the same stages in-process without any orchestrator.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,17 +41,17 @@ from audit.inputs.reader import FILE_COLUMNS
 from audit.manifest import EXCLUSION_COLUMNS, ManifestError, exclusion, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
-from audit.runfolder import claim
+from audit.runfolder import RunFolder, claim, load_run
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.stats import proportion_ci
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
-from audit.tables import write_csv
+from audit.tables import read_csv, write_csv
 from audit.verdict import decide, flag_images, nan_to_none
 
 
 def work_dir(cfg: AuditConfig) -> Path:
-    return cfg.run_dir / "work"
+    return RunFolder(cfg.run_dir).work
 
 
 def shard_output(shard: Path, kind: str) -> Path:
@@ -367,7 +368,7 @@ def _sanity_result(cfg: AuditConfig) -> dict:
 # --------------------------------------------------------------------------- aggregate
 def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     """Merge shards into images.parquet, subgroups.csv, exclusions.csv and a summary."""
-    work, run = work_dir(cfg), cfg.run_dir
+    work, run, folder = work_dir(cfg), cfg.run_dir, RunFolder(cfg.run_dir)
     frames = [pd.read_parquet(p) for p in results]
     images = (
         pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
@@ -397,9 +398,13 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity)
     run.mkdir(parents=True, exist_ok=True)
     images.to_parquet(run / "images.parquet", index=False)
-    write_csv(table, run / "subgroups.csv")
-    write_csv(tests, run / "disparities.csv")
-    write_csv(exclusions, run / "exclusions.csv")
+    write_csv(table, folder.subgroups)
+    write_csv(tests, folder.disparities)
+    write_csv(exclusions, folder.exclusions)
+    write_maps(results, folder)
+    folder.config.write_text(cfg.model_dump_json(indent=1))
+    if (work / "sanity.csv").is_file():
+        shutil.copyfile(work / "sanity.csv", folder.sanity)
     overall = {}
     for metric in metrics.MEANINGS:
         m, lo, hi = mean_ci(cfg, images[metric], "all", metric)
@@ -438,13 +443,25 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "absence_like_classes": absence_like_classes(cfg, images, subgroup_columns(cfg)),
         "data_sha256": sha256_of_hashes(list(images["image_sha256"]) + list(images["mask_sha256"])),
     }
-    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.summary.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def write_maps(results: list[Path], folder: RunFolder) -> None:
+    """Every image's map, keyed by manifest row, in one file of the run (float16: display and
+    comparison need no more)."""
+    rows, maps = [], []
+    for r in results:
+        with np.load(shard_output(r, "maps.npz")) as z:
+            rows.append(z["rows"])
+            maps.append(z["maps"].astype(np.float16))
+    order = np.argsort(np.concatenate(rows), kind="stable")
+    np.savez_compressed(folder.maps, rows=np.concatenate(rows)[order], maps=np.concatenate(maps)[order])
 
 
 # --------------------------------------------------------------------------- provenance + render
 def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finished: datetime) -> Path:
-    summary = json.loads((work_dir(cfg) / "summary.json").read_text())
+    summary = json.loads(RunFolder(cfg.run_dir).summary.read_text())
     info = {
         "run_name": cfg.run_name,
         "config_file": str(config_path),
@@ -463,16 +480,21 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
         "finished": finished.isoformat(timespec="seconds"),
         "verdict": summary["verdict"],
     }
-    path = cfg.run_dir / "run.json"
+    path = RunFolder(cfg.run_dir).info
     path.write_text(json.dumps(info, indent=2))
     return path
 
 
 def render(cfg: AuditConfig, config_path: Path, started: datetime) -> dict[str, str]:
+    """Provenance, the gallery's cases (drawn from the images while they are at hand), then the report
+    from the run folder alone."""
+    from audit.gallery import write_cases
     from audit.report import render_report  # heavy imports (weasyprint) only when rendering
 
     write_run_info(cfg, config_path, started, datetime.now(UTC))
-    return render_report(cfg)
+    folder = RunFolder(cfg.run_dir)
+    write_cases(cfg, folder, pd.read_parquet(folder.images), read_csv(folder.subgroups), included_rows(cfg))
+    return render_report(load_run(folder.path))
 
 
 @dataclass

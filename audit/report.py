@@ -1,39 +1,30 @@
-"""Render a finished run into a self-contained HTML report and a PDF packet from the same template.
+"""Render a finished run into a self-contained HTML report and a PDF/A-3b packet from one template.
 
-The report reads only the run's own files. Every image is embedded as a ``data:`` URI, and the PDF
-renderer is given a fetcher that allows ``data:`` alone, so it can read nothing else on the machine.
-User-supplied text (ids, group names, reasons) reaches HTML through Jinja2 autoescaping.
+The report is a plain reader of the run folder (:func:`audit.runfolder.load_run`): no model, no
+images, no shard files, so ``audit report RUN_DIR`` renders a run again years later. Every image and
+chart is embedded as a ``data:`` URI, and the PDF renderer is given a fetcher that allows ``data:``
+alone, so it can read nothing else on the machine; the run's data files are attached to the PDF from
+bytes this module read from the run folder. User-supplied text (ids, group names, reasons, the context
+block) reaches HTML through Jinja2 autoescaping. Nothing depends on the clock: the same run renders to
+the same HTML bytes.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-import pandas as pd
-import torch
+import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from PIL import Image
-from scipy import ndimage
 
-from audit import metrics
-from audit.cam import upsample
-from audit.config import AuditConfig
-from audit.disparity import PROBLEM_STATUSES
-from audit.imaging import resize_mask
-from audit.inputs import RowReader
-from audit.pipeline import included_rows
-from audit.stats import within_stratum_ranks
-from audit.tables import read_csv
+from audit import charts, metrics
+from audit.disparity import PROBLEM_STATUSES, STATUS_RELIES
+from audit.runfolder import Run, load_run
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-MAX_THUMBNAILS = 16
-THUMBS_PER_GROUP = 12
 
 TERMS = {
     "area": "share of the image the region covers: the mass_in a uniform, uninformative map would score",
@@ -61,129 +52,208 @@ TERMS = {
 }
 
 
-def _png_data_uri(rgb: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+LIMITATIONS = [
+    "Grad-CAM maps have the explained layer's resolution ({map}), upsampled to the input: a region smaller "
+    "than a cell of that grid cannot be told from its surroundings, and focus differences below it are invisible.",
+    "A map is correlational: it shows where gradient-weighted features are, not what the decision needs. Only the "
+    "counterfactual (neutralise a region, measure the change in the prediction) is evidence of reliance, and it is "
+    "only as good as the neutralisation.",
+    "Guided backpropagation and guided Grad-CAM behave largely like edge detectors (Adebayo et al. 2018): they "
+    "stay similar when the model's weights are randomised, so they say little about this model's decision.",
+    "Not finding a shortcut does not prove there is none: a shortcut that moves few predictions, one inside the "
+    "annotated region, or one present in every group alike, is not detected by a subgroup comparison.",
+    "Subgroup tests need enough images per group ({min_size} here); smaller groups are reported as too small to "
+    "judge, and a group that is nearly the same people as another cannot be told apart from it.",
+    "The region is what the annotators drew ({mask_kind}); a coarse or biased annotation biases every "
+    "localisation number.",
+]
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Image with the CAM (min-max normalised for display only, jet colours) and the mask outline."""
-    span = cam.max() - cam.min()
-    norm = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
-    heat = matplotlib.colormaps["jet"](norm)[..., :3] * 255
-    out = (1 - alpha) * image.astype(np.float64) + alpha * heat
-    edge = mask & ~ndimage.binary_erosion(mask, iterations=1)
-    edge = ndimage.binary_dilation(edge, iterations=1)
-    out[edge] = (255, 255, 255)
-    return np.clip(out, 0, 255).astype(np.uint8)
+def _num(v: object, d: int = 2) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:.{d}f}"
 
 
-def _load_maps(work: Path) -> dict[int, np.ndarray]:
-    """Maps keyed by manifest row (an image appears once per finding in multi-label audits)."""
-    maps: dict[int, np.ndarray] = {}
-    for f in sorted(work.glob("shard_*.maps.npz")):
-        with np.load(f) as z:
-            maps.update(zip(z["rows"].tolist(), z["maps"], strict=True))
-    return maps
+def _pval(v: object) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:.2g}" if v >= 1e-4 else "<1e-4"
 
 
-def _thumb(cfg: AuditConfig, r: pd.Series, cam_map: np.ndarray, paths: pd.DataFrame) -> dict:
-    size = cfg.preprocessing.size
-    cam = cam_map if cam_map.shape == tuple(size) else upsample(torch.from_numpy(cam_map)[None], size)[0].numpy()
-    sample = RowReader(cfg).read(paths.loc[int(r["row"])].to_dict())
-    img = sample.image.display(size)
-    mask = resize_mask(sample.region, size)
-    return {
-        "uri": _png_data_uri(overlay(img, cam, mask)),
-        "image_id": r["image_id"],
-        "groups": ", ".join(f"{c}={r[c]}" for c in cfg.data.subgroups),
-        "label": r["label"],
-        "predicted": r["predicted"],
-        "focus": r["focus"],
-        "mass_in": r["mass_in"],
-    }
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["num"] = _num
+    env.filters["pval"] = _pval
+    return env
 
 
-def thumbnail_sections(
-    cfg: AuditConfig, images: pd.DataFrame, subgroups: pd.DataFrame, included: pd.DataFrame
-) -> list[dict]:
-    """Examples a reviewer should see: for each flagged subgroup, its images with the least focus
-    compared with images explained for the same class; then the lowest-focus flagged images overall."""
-    maps = _load_maps(cfg.run_dir / "work")
-    paths = included.set_index("row", drop=False)
-    judged = images[~images["zero_map"] & images["focus"].notna()].copy()
-    judged["rank"] = within_stratum_ranks(judged["focus"].to_numpy(), judged["explained"].to_numpy())
+def _jpeg_uri(path: Path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def gallery(run: Run) -> list[dict]:
+    """The cases the pipeline drew (``cases.json``), with their numbers from images.parquet."""
+    cfg, images = run.config, run.images.set_index("row", drop=False)
     sections = []
-    for _, g in subgroups[subgroups["status"].isin(PROBLEM_STATUSES)].iterrows():
-        members = judged[judged[g["column"]].astype(str) == str(g["group"])].sort_values(["rank", "row"])
-        sections.append(
-            {
-                "title": f"{g['column']} = {g['group']} ({g['status']}): least focus compared with images of the "
-                "same explained class",
-                "thumbs": [
-                    _thumb(cfg, r, maps[int(r["row"])], paths) for _, r in members.head(THUMBS_PER_GROUP).iterrows()
-                ],
-            }
-        )
-    flagged = images[images["flagged"]].sort_values(["focus", "row"]).head(MAX_THUMBNAILS)
-    sections.append(
-        {
-            "title": f"lowest-focus flagged images (focus < {cfg.thresholds.focus}), all groups",
-            "thumbs": [_thumb(cfg, r, maps[int(r["row"])], paths) for _, r in flagged.iterrows()],
-        }
-    )
+    for s in run.cases:
+        cases = []
+        for row in s["rows"]:
+            r = images.loc[row]
+            path = run.folder.case_image(row)
+            cases.append(
+                {
+                    "row": int(row),
+                    "uri": _jpeg_uri(path) if path.is_file() else "",
+                    "image_id": r["image_id"],
+                    "groups": ", ".join(f"{c} = {r[c]}" for c in cfg.data.subgroups),
+                    "label": r["label"],
+                    "predicted": r["predicted"],
+                    "probability": float(r["probability"]),
+                    "explained": r["explained"],
+                    "focus": float(r["focus"]),
+                    "mass_in": float(r["mass_in"]),
+                    "drop": float(r["outside_delta"]) if "outside_delta" in r else float("nan"),
+                    "correct": bool(r["correct"]),
+                }
+            )
+        sections.append({"title": s["title"], "total": s["total"], "cases": cases})
     return sections
 
 
-def render_report(cfg: AuditConfig) -> dict[str, str]:
-    run = cfg.run_dir
-    work = run / "work"
-    summary = json.loads((work / "summary.json").read_text())
-    info = json.loads((run / "run.json").read_text())
-    images = pd.read_parquet(run / "images.parquet")
-    subgroups = read_csv(run / "subgroups.csv", keep_default_na=False, na_values=[""])
-    subgroups["note"] = subgroups["note"].fillna("") if "note" in subgroups else ""
-    try:
-        tests = read_csv(run / "disparities.csv", keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:  # no group could be compared with a reference
-        tests = None
-    exclusions = read_csv(run / "exclusions.csv", dtype=str, keep_default_na=False)
-    included = included_rows(cfg)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
-    env.filters["num"] = lambda v, d=2: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"
-    env.filters["pval"] = lambda v: "–" if v is None or np.isnan(v) else (f"{v:.2g}" if v >= 1e-4 else "<1e-4")
-    context = {
+def subgroup_definitions(run: Run) -> list[dict]:
+    """Per audited column: how groups are formed, and per group n, positives and the share of the set."""
+    cfg, images = run.config, run.images
+    positive = cfg.data.positive
+    out = []
+    for col in cfg.data.subgroups:
+        edges = cfg.data.bins.get(col)
+        how = (
+            f"numeric, cut into right-open bands at {', '.join(f'{e:g}' for e in edges)}"
+            if edges
+            else "the manifest's values as written"
+        )
+        missing = cfg.data.missing.get(col, "keep")
+        how += "; rows without a value " + ("form the group 'missing'" if missing == "keep" else "are excluded")
+        groups = []
+        for group, g in images.groupby(images[col].astype(str), sort=True):
+            groups.append(
+                {
+                    "group": group,
+                    "n": len(g),
+                    "share": len(g) / len(images),
+                    "positives": int((g["label"].astype(str) == positive).sum()) if positive else None,
+                }
+            )
+        out.append({"column": col, "how": how, "groups": groups})
+    return out
+
+
+def chart_uris(run: Run) -> dict[str, str]:
+    groups = run.subgroups[run.subgroups["focus_mean"].notna()]
+    cols = [c for c in run.config.data.subgroups if c in run.images]
+    out = {}
+    if len(groups):
+        overall = run.summary["overall"]["focus"]["mean"] or 1.0
+        out["focus"] = charts.focus_by_group(groups, overall, PROBLEM_STATUSES)
+        out["performance"] = charts.performance_vs_focus(groups, PROBLEM_STATUSES)
+    if cols and run.images["focus"].notna().any():
+        out["distributions"] = charts.focus_distributions(run.images, cols)
+    if run.sanity is not None and len(run.sanity):
+        out["sanity"] = charts.sanity_cascade(run.sanity, run.config.sanity.max_similarity, run.config.sanity.steps)
+    return out
+
+
+def plain_summary(run: Run) -> str:
+    """The verdict in one sentence a non-specialist can read."""
+    s, relies = run.summary, run.subgroups[run.subgroups["status"] == STATUS_RELIES]
+    if s["verdict"] == "fail" and len(relies):
+        who = ", ".join(f"{c} = {g}" for c, g in zip(relies["column"], relies["group"], strict=True))
+        return (
+            f"The model's decisions rest on evidence outside the annotated region more often for {who} than for "
+            "comparable images: it has learned a shortcut there. It should not be released as it is."
+        )
+    if s["verdict"] == "fail":
+        return (
+            "At least one failing rule of the audit was met (listed below): the model should not be released as it is."
+        )
+    if s["verdict"] == "warn":
+        return (
+            "No subgroup was found to rely on outside evidence, but the audit found something a person should look "
+            "at before release (listed below)."
+        )
+    return (
+        "In every audited subgroup the model looks at the annotated region as much as comparable images do, and its "
+        "decisions do not rest on evidence outside it more often. This is not proof that no shortcut exists (see the "
+        "limitations)."
+    )
+
+
+def context(run: Run) -> dict:
+    """Everything the template shows, read from the run."""
+    cfg, summary, tests = run.config, run.summary, run.disparities
+    images = run.images
+    return {
         "cfg": cfg,
         "summary": summary,
-        "info": info,
+        "info": run.info,
+        "plain_summary": plain_summary(run),
         "meanings": metrics.MEANINGS,
         "terms": TERMS,
-        "groups": subgroups.to_dict("records"),
-        "focus_tests": [] if tests is None else tests[tests["test"] == "focus"].to_dict("records"),
-        "reliance_tests": [] if tests is None else tests[tests["test"] == "reliance"].to_dict("records"),
+        "groups": run.subgroups.to_dict("records"),
+        "definitions": subgroup_definitions(run),
+        "focus_tests": tests[tests["test"] == "focus"].to_dict("records") if len(tests) else [],
+        "reliance_tests": tests[tests["test"] == "reliance"].to_dict("records") if len(tests) else [],
         "problem_statuses": PROBLEM_STATUSES,
-        "exclusions": exclusions.to_dict("records"),
+        "exclusions": run.exclusions.to_dict("records"),
         "performance_only": (
             images.loc[~images["localised"], ["row", "image_id", "localisation_note"]].to_dict("records")
             if "localised" in images
             else []
         ),
-        "sections": thumbnail_sections(cfg, images, subgroups, included),
+        "sections": gallery(run),
+        "charts": chart_uris(run),
         "n_flagged": int(images["flagged"].sum()),
         "has_counterfactual": "counterfactual_delta" in images,
+        "limitations": [
+            t.format(
+                map=f"{summary['map_size'][0]}x{summary['map_size'][1]}",
+                min_size=cfg.thresholds.min_group_size,
+                mask_kind=cfg.data.mask.kind,
+            )
+            for t in LIMITATIONS
+        ],
+        "config_yaml": yaml.safe_dump(json.loads(run.folder.config.read_text()), sort_keys=False, width=100),
+        "attachments": [p.name for p in attached_files(run)],
         "css": (TEMPLATES / "report.css").read_text(),
+        "js": (TEMPLATES / "report.js").read_text(),
     }
-    html = env.get_template("report.html.j2").render(**context)
-    html_path, pdf_path = run / "report.html", run / "report.pdf"
-    html_path.write_text(html, encoding="utf-8")
-    write_pdf(html, pdf_path)
-    return {"html": str(html_path), "pdf": str(pdf_path)}
 
 
-def write_pdf(html: str, target: Path) -> None:
+def render_html(run: Run) -> str:
+    return environment().get_template("report.html.j2").render(**context(run))
+
+
+def attached_files(run: Run) -> list[Path]:
+    """The machine-readable results a reviewer can extract from the PDF alone."""
+    f = run.folder
+    names = (f.images, f.subgroups, f.disparities, f.exclusions, f.summary, f.info, f.config, f.sanity)
+    return [p for p in names if p.is_file()]
+
+
+def render_report(run: Run | Path | str) -> dict[str, str]:
+    """Write ``report.html`` and ``report.pdf`` into the run's folder."""
+    run = run if isinstance(run, Run) else load_run(run)
+    html = render_html(run)
+    run.folder.html.write_text(html, encoding="utf-8")
+    write_pdf(html, run.folder.pdf, attached_files(run))
+    return {"html": str(run.folder.html), "pdf": str(run.folder.pdf)}
+
+
+def write_pdf(html: str, target: Path, attachments: list[Path] = ()) -> None:  # type: ignore[assignment]
+    """PDF/A-3b with ``attachments`` embedded (their bytes, read here: the renderer fetches nothing)."""
     from PIL import ImageFile
-    from weasyprint import HTML
+    from weasyprint import HTML, Attachment
     from weasyprint.urls import FatalURLFetchingError, URLFetcher
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # weasyprint's import turned it on for the whole process
@@ -192,6 +262,10 @@ def write_pdf(html: str, target: Path) -> None:
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     fetcher = URLFetcher(allowed_protocols={"data"})
     try:
-        HTML(string=html, url_fetcher=fetcher).write_pdf(target, pdf_variant="pdf/a-3b")
+        files = [
+            Attachment(string=p.read_bytes(), name=p.name, description=f"audit run file {p.name}", relationship="Data")
+            for p in attachments
+        ]
+        HTML(string=html, url_fetcher=fetcher).write_pdf(target, pdf_variant="pdf/a-3b", attachments=files)
     except FatalURLFetchingError as err:  # a BaseException: would crash an orchestrator's task
         raise RuntimeError(f"PDF rendering tried to fetch a resource: {err}") from None

@@ -1,4 +1,8 @@
-"""A run folder (``<output_dir>/<run_name>``) and who may replace it.
+"""A run folder (``<output_dir>/<run_name>``): its layout, who may replace it, and how to read it.
+
+This module is the one place that knows the file names of a run. The pipeline writes through
+:class:`RunFolder`; the report, the CLI and comparisons read a finished run with :func:`load_run`, so a
+report can be rendered again from the folder alone (no model, no images, no shard files).
 
 An audit's outputs can be evidence in a compliance file, so a second run never silently replaces the
 first: the same ``run_name`` is refused unless the caller asks to overwrite, and even then only a
@@ -7,40 +11,130 @@ folder this tool wrote (it carries a marker file) is cleared, and only of the fi
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.config import AuditConfig, parse_config
+from audit.tables import read_csv
 
 MARKER = ".audit-run"
 WORK = "work"
-OUTPUTS = (
-    "images.parquet",
-    "subgroups.csv",
-    "disparities.csv",
-    "exclusions.csv",
-    "run.json",
-    "report.html",
-    "report.pdf",
-)
 
 
 class RunFolderError(ValueError):
-    """The run folder cannot be (re)used."""
+    """The run folder cannot be (re)used or read."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run's files."""
+
+    path: Path
+
+    @property
+    def work(self) -> Path:  # intermediate files of the stages (shards, per-shard outputs)
+        return self.path / WORK
+
+    images = property(lambda self: self.path / "images.parquet")  # one row per audited image
+    subgroups = property(lambda self: self.path / "subgroups.csv")  # the disaggregated table
+    disparities = property(lambda self: self.path / "disparities.csv")  # every subgroup test
+    exclusions = property(lambda self: self.path / "exclusions.csv")  # every row not audited, with why
+    summary = property(lambda self: self.path / "summary.json")  # verdict, reasons, overall numbers
+    info = property(lambda self: self.path / "run.json")  # provenance: config, hashes, versions, times
+    config = property(lambda self: self.path / "config.json")  # the config as run (paths resolved)
+    maps = property(lambda self: self.path / "maps.npz")  # every image's map at the layer's resolution
+    cases = property(lambda self: self.path / "cases")  # gallery images (image | map | region)
+    cases_index = property(lambda self: self.path / "cases.json")  # gallery sections and their rows
+    sanity = property(lambda self: self.path / "sanity.csv")  # the randomisation cascade, one row per step
+    html = property(lambda self: self.path / "report.html")
+    pdf = property(lambda self: self.path / "report.pdf")
+
+    def case_image(self, row: int) -> Path:
+        return self.cases / f"row_{row:06d}.jpg"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file an audit writes at the top of the folder (what --overwrite may remove)."""
+        return (self.images, self.subgroups, self.disparities, self.exclusions, self.summary, self.info,
+                self.config, self.maps, self.cases_index, self.sanity, self.html, self.pdf)  # fmt: skip
+
+    def claim(self, overwrite: bool) -> None:
+        """Make the folder this run's: create it, or clear a previous run's files from it when
+        ``overwrite``; refuse otherwise."""
+        if self.path.exists() and any(self.path.iterdir()):
+            if not (self.path / MARKER).is_file():
+                raise RunFolderError(
+                    f"{self.path} exists and was not written by an audit run; choose another run_name or output_dir"
+                )
+            if not overwrite:
+                raise RunFolderError(
+                    f"{self.path} already holds an audit run; pass --overwrite to replace it, "
+                    "or choose another run_name"
+                )
+            shutil.rmtree(self.work, ignore_errors=True)
+            shutil.rmtree(self.cases, ignore_errors=True)
+            for f in self.outputs:
+                f.unlink(missing_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).write_text("written by the focus audit; `audit run --overwrite` may replace its files\n")
 
 
 def claim(run_dir: Path, overwrite: bool) -> None:
-    """Make ``run_dir`` this run's: create it, or clear a previous run's files from it when
-    ``overwrite``; refuse otherwise."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not (run_dir / MARKER).is_file():
-            raise RunFolderError(
-                f"{run_dir} exists and was not written by an audit run; choose another run_name or output_dir"
-            )
-        if not overwrite:
-            raise RunFolderError(
-                f"{run_dir} already holds an audit run; pass --overwrite to replace it, or choose another run_name"
-            )
-        shutil.rmtree(run_dir / WORK, ignore_errors=True)
-        for name in OUTPUTS:
-            (run_dir / name).unlink(missing_ok=True)
-    (run_dir / WORK).mkdir(parents=True, exist_ok=True)
-    (run_dir / MARKER).write_text("written by the focus audit; `audit run --overwrite` may replace its files\n")
+    RunFolder(run_dir).claim(overwrite)
+
+
+@dataclass
+class Run:
+    """A finished run, read from its folder."""
+
+    folder: RunFolder
+    config: AuditConfig
+    summary: dict
+    info: dict
+    images: pd.DataFrame
+    subgroups: pd.DataFrame
+    disparities: pd.DataFrame
+    exclusions: pd.DataFrame
+    sanity: pd.DataFrame | None
+    cases: list[dict] = field(default_factory=list)
+
+    @cached_property
+    def maps(self) -> dict[int, np.ndarray]:
+        """Maps keyed by manifest row, at the explained layer's resolution."""
+        with np.load(self.folder.maps) as z:
+            return dict(zip(z["rows"].tolist(), z["maps"].astype(np.float32), strict=True))
+
+
+def load_run(path: Path | str) -> Run:
+    """Read a finished run; names the files that are missing when it is not one."""
+    folder = RunFolder(Path(path))
+    needed = (folder.images, folder.subgroups, folder.exclusions, folder.summary, folder.info, folder.config)
+    missing = [f.name for f in needed if not f.is_file()]
+    if missing:
+        raise RunFolderError(f"{folder.path} is not a finished audit run: missing {', '.join(missing)}")
+    config = parse_config(json.loads(folder.config.read_text()), folder.path, str(folder.config))
+    try:
+        disparities = read_csv(folder.disparities, keep_default_na=False, na_values=[""])
+    except (pd.errors.EmptyDataError, FileNotFoundError):  # no group could be compared with a reference
+        disparities = pd.DataFrame()
+    subgroups = read_csv(folder.subgroups, keep_default_na=False, na_values=[""])
+    if "note" in subgroups:
+        subgroups["note"] = subgroups["note"].fillna("")
+    return Run(
+        folder=folder,
+        config=config,
+        summary=json.loads(folder.summary.read_text()),
+        info=json.loads(folder.info.read_text()),
+        images=pd.read_parquet(folder.images),
+        subgroups=subgroups,
+        disparities=disparities,
+        exclusions=read_csv(folder.exclusions, dtype=str, keep_default_na=False),
+        sanity=pd.read_csv(folder.sanity) if folder.sanity.is_file() else None,
+        cases=json.loads(folder.cases_index.read_text()) if folder.cases_index.is_file() else [],
+    )

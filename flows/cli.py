@@ -1,4 +1,4 @@
-"""The ``audit`` command line: ``audit run CONFIG.yaml`` and ``audit demo``.
+"""The ``audit`` command line: ``audit run CONFIG.yaml``, ``audit check``, ``audit report RUN_DIR``, ``audit demo``.
 
 It lives beside the flows (not in the library) because running an audit means running its flow;
 the ``audit`` package itself never imports Prefect.
@@ -94,6 +94,21 @@ def check(
     typer.echo(f"HTML report: {result['html']}")
     failing = verdict == "fail" or (strict and verdict == "warn")
     raise typer.Exit(1 if failing else 0)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. reports/<run_name>")]) -> None:
+    """Render report.html and report.pdf again from a finished run folder alone (no model, no images)."""
+    from audit.report import render_report
+    from audit.runfolder import RunFolderError
+
+    try:
+        outputs = render_report(run_dir)
+    except RunFolderError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"HTML report: {outputs['html']}")
+    typer.echo(f"PDF packet:  {outputs['pdf']}")
 
 
 @app.command()

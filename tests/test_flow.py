@@ -127,7 +127,7 @@ def test_torchscript_model_gives_the_same_audit(tiny_set: Path, tiny_model: Path
     assert a["predicted"].tolist() == b["predicted"].tolist()
     pd.testing.assert_series_equal(a["mass_in"], b["mass_in"], atol=1e-5, rtol=1e-4)
     # the sanity check needs weights it can re-initialise: run for eager, said-why for TorchScript
-    summaries = [json.loads((tmp_path / "reports" / r / "work" / "summary.json").read_text()) for r in ("eager", "ts")]
+    summaries = [json.loads((tmp_path / "reports" / r / "summary.json").read_text()) for r in ("eager", "ts")]
     assert len(summaries[0]["sanity"]["steps"]) > 5
     assert "torchscript" in summaries[1]["sanity"]["skipped"]
     assert any("sanity check not run" in c for c in summaries[1]["checks"])
@@ -220,17 +220,17 @@ def test_intersections_reference_group_and_bh(tiny_set: Path, tiny_model: Path, 
     assert (tested["reference"] != tested["group"]).all()
     assert {"sensitivity", "specificity", "auroc", "flagged_correct_share", "focus_median"} <= set(table)
 
-    # a flagged intersection gets its example thumbnails (its column is saved with the images)
+    # a flagged intersection gets its example cases (its column is saved with the images)
     from audit.config import load_config
-    from audit.report import thumbnail_sections
+    from audit.gallery import select_cases
 
     images = pd.read_parquet(run / "images.parquet")
     assert "site×sex" in images
     flagged = inter.head(1).assign(status="relies on outside evidence")
-    included = pd.concat([pd.read_parquet(p) for p in sorted((run / "work").glob("shard_????.parquet"))])
-    sections = thumbnail_sections(load_config(config), images, flagged, included)
-    assert sections[0]["title"].startswith(f"site×sex = {flagged['group'].iloc[0]}")
-    assert len(sections[0]["thumbs"]) == min(12, int(flagged["n_judged"].iloc[0]))
+    sections = select_cases(load_config(config), images, flagged)
+    assert sections[0]["title"].startswith("Flagged cases, worst first")
+    assert sections[1]["title"].startswith(f"site×sex = {flagged['group'].iloc[0]}")
+    assert len(sections[1]["rows"]) == min(12, int(flagged["n_judged"].iloc[0]))
 
 
 def test_rows_without_a_mask_count_for_performance_only(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -255,6 +255,6 @@ def test_rows_without_a_mask_count_for_performance_only(tiny_set: Path, tiny_mod
     assert (table.groupby("column")["n"].sum() == 24).all() and (
         table.groupby("column")["n_localised"].sum() == 21
     ).all()
-    summary = json.loads((run / "work" / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["performance_only"] == 3 and summary["overall"]["mass_in"]["n"] == 21
     assert "Audited for performance only" in (run / "report.html").read_text()

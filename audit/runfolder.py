@@ -64,23 +64,28 @@ class RunFolder:
         return (self.images, self.subgroups, self.disparities, self.exclusions, self.summary, self.info,
                 self.config, self.maps, self.cases_index, self.sanity, self.html, self.pdf)  # fmt: skip
 
+    def check_reuse(self, overwrite: bool) -> None:
+        """Refuse to reuse the folder unless it is empty, or holds an audit run (the marker, or the
+        provenance file of a run written before the marker existed) and ``overwrite`` is asked for."""
+        if not self.path.exists() or not any(self.path.iterdir()):
+            return
+        if not ((self.path / MARKER).is_file() or self.info.is_file()):
+            raise RunFolderError(
+                f"{self.path} exists and was not written by an audit run; choose another run_name or output_dir"
+            )
+        if not overwrite:
+            raise RunFolderError(
+                f"{self.path} already holds an audit run; pass --overwrite to replace it, or choose another run_name"
+            )
+
     def claim(self, overwrite: bool) -> None:
         """Make the folder this run's: create it, or clear a previous run's files from it when
-        ``overwrite``; refuse otherwise."""
-        if self.path.exists() and any(self.path.iterdir()):
-            if not (self.path / MARKER).is_file():
-                raise RunFolderError(
-                    f"{self.path} exists and was not written by an audit run; choose another run_name or output_dir"
-                )
-            if not overwrite:
-                raise RunFolderError(
-                    f"{self.path} already holds an audit run; pass --overwrite to replace it, "
-                    "or choose another run_name"
-                )
-            shutil.rmtree(self.work, ignore_errors=True)
-            shutil.rmtree(self.cases, ignore_errors=True)
-            for f in self.outputs:
-                f.unlink(missing_ok=True)
+        ``overwrite``; refuse otherwise (:meth:`check_reuse`)."""
+        self.check_reuse(overwrite)
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.cases, ignore_errors=True)
+        for f in self.outputs:
+            f.unlink(missing_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         (self.path / MARKER).write_text("written by the focus audit; `audit run --overwrite` may replace its files\n")
 

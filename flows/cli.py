@@ -29,19 +29,13 @@ def _run(config: Path, overwrite: bool) -> dict:
     from audit.manifest import ManifestError
     from audit.models import ModelError
     from audit.pipeline import preflight
-    from audit.runfolder import MARKER, RunFolderError
+    from audit.runfolder import RunFolder, RunFolderError
 
     problems = (ConfigError, ManifestError, ModelError, RunFolderError)
     try:
         cfg = load_config(config)
         preflight(cfg)
-        if not overwrite and cfg.run_dir.is_dir() and any(cfg.run_dir.iterdir()):
-            owned = (cfg.run_dir / MARKER).is_file()
-            raise RunFolderError(
-                f"{cfg.run_dir} already holds an audit run; pass --overwrite to replace it, or choose another run_name"
-                if owned
-                else f"{cfg.run_dir} exists and was not written by an audit run; choose another run_name or output_dir"
-            )
+        RunFolder(cfg.run_dir).check_reuse(overwrite)
     except problems as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

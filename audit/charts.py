@@ -17,8 +17,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-RC = {"svg.hashsalt": "focus-audit", "svg.fonttype": "path", "font.size": 8, "axes.spines.top": False,
-      "axes.spines.right": False}  # fmt: skip
+RC = {
+    "text.parse_math": False,  # a group named "$x$" is text, not (possibly invalid) math
+    "svg.hashsalt": "focus-audit",
+    "svg.fonttype": "path",
+    "font.size": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 PROBLEM_COLOUR, OK_COLOUR, REFERENCE_COLOUR = "#c62828", "#37474f", "#1565c0"
 
 

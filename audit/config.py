@@ -148,6 +148,13 @@ class Explain(_Strict):
         return self
 
 
+# Per-image result columns (images.parquet): a subgroup column of the same name would be overwritten.
+RESULT_COLUMNS = frozenset(
+    {"row", "predicted", "probability", "correct", "explained", "explained_probability", "zero_map", "flagged",
+     "image_sha256", "mask_sha256", "image_format", "localised", "localisation_note", "area", "mass_in", "focus",
+     "rank_accuracy", "pointing_hit", "energy_pointing", "top_k", "pixel_auroc", "bbox_iou", "outside_delta",
+     "artifact_delta", "mass_artifact", "artifact_area"}
+)  # fmt: skip
 MANIFEST_COLUMNS = ("image_id", "image_path", "mask_path", "label", "counterfactual_path", "artifact_mask_path")
 
 
@@ -220,6 +227,11 @@ class Data(_Strict):
 
     @model_validator(mode="after")
     def _known_columns(self) -> Data:
+        reserved = [c for c in self.subgroups if c in RESULT_COLUMNS or c.startswith(("p_", "counterfactual_"))]
+        if reserved:
+            raise ValueError(
+                f"data.subgroups: {reserved} are names the audit's results use; rename the column in the manifest"
+            )
         duplicated = sorted({c for c in self.classes if self.classes.count(c) > 1})
         if duplicated:
             raise ValueError(f"data.classes: {duplicated} listed more than once; each model output needs its own name")

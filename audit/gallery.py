@@ -85,8 +85,12 @@ def write_cases(
     cfg: AuditConfig, folder: RunFolder, images: pd.DataFrame, subgroups: pd.DataFrame, included: pd.DataFrame
 ) -> list[dict]:
     """Draw every selected case into ``folder.cases`` and index the sections in ``folder.cases_index``.
-    ``included`` holds the manifest rows with their file paths (the images are read once more here)."""
+    ``included`` holds the manifest rows with their file paths (the images are read once more here). A
+    case whose image can no longer be read, or has changed since it was audited (its SHA-256 differs),
+    is not drawn; the section says why (``unavailable``)."""
     sections = select_cases(cfg, images, subgroups)
+    audited_sha = images.set_index("row")["image_sha256"]
+    unavailable: dict[int, str] = {}
     rows = sorted({r for s in sections for r in s["rows"]})
     folder.cases.mkdir(exist_ok=True)
     with np.load(folder.maps) as z:
@@ -97,11 +101,20 @@ def write_cases(
         h, w = cfg.preprocessing.size
         size = (side, max(1, round(side * w / h)))
         for row in rows:
-            sample = reader.read(by_row.loc[row].to_dict())
+            try:
+                sample = reader.read(by_row.loc[row].to_dict())
+            except Exception as err:  # gone or unreadable since the audit: the case stays, undrawn
+                unavailable[row] = f"image unavailable when the report was drawn: {err}"
+                continue
+            if sample.sha256["image_path"] != audited_sha[row]:
+                unavailable[row] = "image changed since it was audited (SHA-256 differs): not drawn"
+                continue
             cam = upsample(torch.from_numpy(maps[where[row]].astype(np.float32))[None], size)[0].numpy()
             region = None if sample.region is None else resize_mask(sample.region, size)
             Image.fromarray(triptych(sample.image.display(size), cam, region)).save(
                 folder.case_image(row), format="JPEG", quality=85, optimize=True
             )
+    for s in sections:
+        s["unavailable"] = {str(r): unavailable[r] for r in s["rows"] if r in unavailable}
     folder.cases_index.write_text(json.dumps(sections, indent=1))
     return sections

@@ -8,6 +8,8 @@ problems with one row never stop the run.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -55,9 +57,58 @@ def _as_text(value: object) -> object:
     return value if isinstance(value, str) else (json.dumps(value) if isinstance(value, dict | list) else str(value))
 
 
+MALFORMED = "__malformed__"  # the reason a record could not be parsed (None for a well-formed one)
+
+
+def _bad_text(value: str) -> bool:
+    """Text that came from bytes that are not UTF-8 (decoded with surrogateescape)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _read_csv_records(path: Path) -> pd.DataFrame:
+    """CSV records one by one (the csv module handles quoting): a record with the wrong number of
+    fields, or with bytes that are not UTF-8, is kept as a malformed row, never the file's error."""
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    if not records:
+        return pd.DataFrame()
+    header, rows = records[0], []
+    for fields in records[1:]:
+        if not fields:  # a blank line is not a record
+            continue
+        reason = None
+        if len(fields) != len(header):
+            reason = f"malformed CSV record: {len(fields)} fields, the header has {len(header)}"
+        elif any(_bad_text(f) for f in fields):
+            reason = "malformed CSV record: bytes that are not UTF-8"
+        row = dict(zip(header, fields, strict=False)) if reason is None else {}
+        rows.append({**{h: row.get(h, "") for h in header}, MALFORMED: reason})
+    return pd.DataFrame(rows, columns=[*header, MALFORMED])
+
+
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    """JSON Lines records one by one: a line that is not a JSON object is kept as a malformed row."""
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    rows, columns = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        reason, record = None, {}
+        try:
+            record = json.loads(line) if not _bad_text(line) else None
+            if not isinstance(record, dict):
+                reason, record = "malformed JSON Lines record: not a JSON object (or not UTF-8)", {}
+        except ValueError as err:
+            reason = f"malformed JSON Lines record: {err}"
+        columns.update(dict.fromkeys(record))
+        rows.append({**record, MALFORMED: reason})
+    return pd.DataFrame(rows, columns=[*columns, MALFORMED])
+
+
 def read_table(path: Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
     """The manifest as text cells (None where blank), with ``columns`` (standard name -> the
-    manifest's name) renamed to the standard names."""
+    manifest's name) renamed to the standard names. A record that cannot be parsed stays a row, with
+    its reason in the ``MALFORMED`` column (None for the others)."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     suffix = path.suffix.lower()
@@ -65,14 +116,19 @@ def read_table(path: Path, columns: dict[str, str] | None = None) -> pd.DataFram
         raise ManifestError(f"{path}: manifest must be {', '.join(sorted(FORMATS))}, not {suffix!r}")
     try:
         if suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            df = _read_csv_records(path)
         elif FORMATS[suffix] == "Parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-    except (pd.errors.ParserError, OSError, ValueError, UnicodeDecodeError) as err:
+            df = _read_json_lines(path)
+    except (OSError, ValueError) as err:  # the file as a whole (not Parquet, unreadable)
         raise ManifestError(f"{path}: cannot read the {FORMATS[suffix]} manifest: {err}") from None
+    if MALFORMED not in df:
+        df[MALFORMED] = None
+    reasons = df[MALFORMED].astype(object).where(df[MALFORMED].notna(), None)
+    df = df.drop(columns=MALFORMED)
     df = df.astype(object).map(_as_text) if len(df.columns) else df
+    df[MALFORMED] = reasons
     mapping = columns or {}
     clash = [std for std, theirs in mapping.items() if std in df.columns and std != theirs]
     if clash:
@@ -149,8 +205,10 @@ def load_manifest(cfg: AuditConfig) -> Manifest:
     included, excluded, seen = [], [], {}
     multilabel = cfg.explain.output == "sigmoid"
     for i, row in enumerate(df.to_dict("records"), start=1):
-        image_id = row["image_id"]
+        image_id, malformed = row["image_id"], row.pop(MALFORMED)
         try:
+            if malformed:
+                raise InputError(malformed, hint="fix the record in the manifest file")
             if blank(image_id):
                 raise InputError("empty image_id", column="image_id")
             # a multi-label manifest has one row per (image, finding)
@@ -167,7 +225,7 @@ def load_manifest(cfg: AuditConfig) -> Manifest:
             excluded.append(exclusion(i, image_id, "manifest", InputError(f"unexpected {type(err).__name__}: {err}")))
             continue
         included.append({**rec, "row": i, "image_id": str(image_id)})
-    inc = pd.DataFrame(included) if included else pd.DataFrame(columns=["row", *df.columns])
+    inc = pd.DataFrame(included) if included else pd.DataFrame(columns=["row", *df.columns.drop(MALFORMED)])
     return Manifest(
         rows_read=len(df),
         included=inc.reset_index(drop=True),

@@ -46,7 +46,7 @@ from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.stats import proportion_ci
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
-from audit.tables import read_csv, write_csv
+from audit.tables import write_csv
 from audit.verdict import decide, flag_images, nan_to_none
 
 
@@ -285,10 +285,12 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
             p_cf, pred_cf = float(cf[0][i]), int(cf[1][i])
             rec["counterfactual_probability"] = p_cf
             rec["counterfactual_delta"] = p_explained - p_cf
-            if cfg.explain.output == "sigmoid":
+            if pred_cf < 0:  # this row has no counterfactual rendering: nothing flipped or held
+                rec["counterfactual_flips"] = None
+            elif cfg.explain.output == "sigmoid":
                 rec["counterfactual_flips"] = bool((p_cf >= 0.5) != (p_explained >= 0.5))
             else:
-                rec["counterfactual_flips"] = bool(pred_cf >= 0 and pred_cf != int(e.probs[i].argmax()))
+                rec["counterfactual_flips"] = bool(pred_cf != int(e.probs[i].argmax()))
         records.append(rec)
     return records
 
@@ -374,10 +376,11 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
     )
     exclusions = pd.concat(
-        [pd.read_csv(work / "exclusions_manifest.csv", dtype={"image_id": str})]
-        + [pd.read_csv(shard_output(p, "exclusions.csv"), dtype={"image_id": str}) for p in results],
+        [pd.read_csv(work / "exclusions_manifest.csv", dtype=str, keep_default_na=False)]
+        + [pd.read_csv(shard_output(p, "exclusions.csv"), dtype=str, keep_default_na=False) for p in results],
         ignore_index=True,
     )
+    exclusions["row"] = exclusions["row"].astype(int)
     exclusions = exclusions.sort_values("row", kind="stable").reset_index(drop=True)
     rows_read = json.loads((work / "counts.json").read_text())["rows_read"]
     if images.empty:
@@ -424,7 +427,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "performance_only": int((~images["localised"]).sum()),
         "excluded": len(exclusions),
         "flagged_images": int(images["flagged"].sum()),
-        "zero_maps": int(images["zero_map"].sum()),
+        "zero_maps": int((images["zero_map"] & images["localised"]).sum()),
         "accuracy": float(images["correct"].mean()),
         "accuracy_ci": list(proportion_ci(int(images["correct"].sum()), len(images), cfg.stats.ci_level)),
         "flagged_correct": int((images["flagged"] & images["correct"]).sum()),
@@ -492,9 +495,9 @@ def render(cfg: AuditConfig, config_path: Path, started: datetime) -> dict[str, 
     from audit.report import render_report  # heavy imports (weasyprint) only when rendering
 
     write_run_info(cfg, config_path, started, datetime.now(UTC))
-    folder = RunFolder(cfg.run_dir)
-    write_cases(cfg, folder, pd.read_parquet(folder.images), read_csv(folder.subgroups), included_rows(cfg))
-    return render_report(load_run(folder.path))
+    run = load_run(cfg.run_dir)
+    run.cases = write_cases(cfg, run.folder, run.images, run.subgroups, included_rows(cfg))
+    return render_report(run)
 
 
 @dataclass

@@ -105,6 +105,7 @@ def gallery(run: Run) -> list[dict]:
                 {
                     "row": int(row),
                     "uri": _jpeg_uri(path) if path.is_file() else "",
+                    "unavailable": s.get("unavailable", {}).get(str(row), ""),
                     "image_id": r["image_id"],
                     "groups": ", ".join(f"{c} = {r[c]}" for c in cfg.data.subgroups),
                     "label": r["label"],

@@ -124,11 +124,12 @@ def load_run(path: Path | str) -> Run:
     if missing:
         raise RunFolderError(f"{folder.path} is not a finished audit run: missing {', '.join(missing)}")
     config = parse_config(json.loads(folder.config.read_text()), folder.path, str(folder.config))
+    text = {c: str for c in ("column", "group", "reference", "explained", "status", "note")}
     try:
-        disparities = read_csv(folder.disparities, keep_default_na=False, na_values=[""])
+        disparities = read_csv(folder.disparities, dtype=text, keep_default_na=False, na_values=[""])
     except (pd.errors.EmptyDataError, FileNotFoundError):  # no group could be compared with a reference
         disparities = pd.DataFrame()
-    subgroups = read_csv(folder.subgroups, keep_default_na=False, na_values=[""])
+    subgroups = read_csv(folder.subgroups, dtype=text, keep_default_na=False, na_values=[""])
     if "note" in subgroups:
         subgroups["note"] = subgroups["note"].fillna("")
     return Run(

@@ -19,14 +19,16 @@ NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def neutralise(value: object) -> object:
-    if isinstance(value, str) and value.startswith(TRIGGERS) and not NUMBER.match(value):
+    """A formula-looking text cell gets a leading apostrophe (as does one that already starts with an
+    apostrophe, so that :func:`restore` is its exact inverse)."""
+    if isinstance(value, str) and value.startswith((*TRIGGERS, "'")) and not NUMBER.match(value):
         return "'" + value
     return value
 
 
 def restore(value: object) -> object:
     """The value :func:`neutralise` was given (for readers of the run's own CSVs)."""
-    if isinstance(value, str) and value[:1] == "'" and value[1:2] in TRIGGERS:
+    if isinstance(value, str) and value[:1] == "'" and value[1:2] in (*TRIGGERS, "'"):
         return value[1:]
     return value
 

@@ -223,3 +223,53 @@ def test_truncated_images_stay_refused_after_weasyprint_is_imported(tmp_path: Pa
     ImageFile.LOAD_TRUNCATED_IMAGES = True  # as weasyprint leaves it
     with pytest.raises(OSError, match="truncated"):
         decode_raster(tmp_path / "cut.png", AUTO)
+
+
+def test_float_images_with_non_finite_pixels_are_refused(tmp_path: Path) -> None:
+    values = np.linspace(0, 5, 64, dtype=np.float32).reshape(8, 8)
+    values[2, 3] = np.nan
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    with pytest.raises(InputError, match="1 non-finite pixel"):
+        decode_raster(tmp_path / "f.tif", AUTO)
+
+
+def test_coco_ids_win_over_file_names_and_ambiguous_names_are_refused(tmp_path: Path) -> None:
+    coco = {
+        "images": [{"id": 1, "file_name": "a/2.png", "height": 4, "width": 4},
+                   {"id": 2, "file_name": "x.png", "height": 4, "width": 4},
+                   {"id": 3, "file_name": "a/dup.png", "height": 4, "width": 4},
+                   {"id": 4, "file_name": "b/dup.png", "height": 4, "width": 4}],
+        "categories": [{"id": 1, "name": "lesion"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "segmentation": [[0, 0, i, 0, i, i, 0, i]]}
+                        for i in (1, 2, 3, 4)],
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    by_id = region_from_coco(tmp_path / "c.json", "2", ())
+    np.testing.assert_array_equal(by_id, region_from_coco(tmp_path / "c.json", "x", ()))  # image 2 either way
+    with pytest.raises(InputError, match="several COCO images have the file name 'dup'"):
+        region_from_coco(tmp_path / "c.json", "dup", ())
+
+
+def test_a_data_root_reached_through_a_symlink_accepts_absolute_paths_through_it(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.png").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    dr = DataRoot(tmp_path / "link")
+    assert dr.resolve(str(tmp_path / "link" / "x.png"), "image_path").name == "x.png"
+    with pytest.raises(InputError, match="outside the data root"):
+        dr.resolve(str(tmp_path / "x.png"), "image_path")
+
+
+def test_restore_is_the_exact_inverse_of_neutralise() -> None:
+    from audit.tables import restore
+
+    for value in ("'=x", "''", "'", "=1+1", "-0.5", "plain", "@a", "'quoted'"):
+        assert restore(neutralise(value)) == value
+
+
+def test_chart_labels_are_text_not_math() -> None:
+    from audit.charts import focus_by_group
+
+    groups = pd.DataFrame({"column": ["site"], "group": ["$\\foo$"], "focus_mean": [1.0], "focus_ci_low": [0.9],
+                           "focus_ci_high": [1.1], "status": ["ok"]})  # fmt: skip
+    assert focus_by_group(groups, 1.0, ()).startswith("data:image/svg+xml;base64,")

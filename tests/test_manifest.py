@@ -121,3 +121,26 @@ def test_missing_columns_and_files_are_errors(tiny_set: Path, tmp_path: Path) ->
     txt.write_text("x")
     with pytest.raises(ManifestError, match=r"manifest must be \.csv, \.jsonl"):
         load_manifest(_cfg(txt))
+
+
+def test_a_malformed_record_is_its_rows_exclusion_not_the_files_error(tiny_set: Path, tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    shutil.copytree(tiny_set.parent, root)
+    lines = (root / "manifest.csv").read_bytes().splitlines()
+    header, good = lines[0], lines[1:4]
+    extra = good[0].replace(b"img00000", b"extra") + b",surplus"
+    latin1 = good[1].replace(b"img00001", b"caf\xe9")  # not UTF-8
+    (root / "manifest.csv").write_bytes(b"\n".join([header, good[0], extra, latin1, good[2]]) + b"\n")
+    m = load_manifest(_cfg(root / "manifest.csv"))
+    assert m.rows_read == 4 and m.included["row"].tolist() == [1, 4]
+    reasons = m.exclusions.set_index("row")["reason"]
+    assert "11 fields, the header has 10" in reasons[2] and "not UTF-8" in reasons[3]
+
+    import json
+
+    records = pd.read_csv(tiny_set).head(3).to_dict("records")
+    text = "\n".join([json.dumps(records[0]), json.dumps(records[1])[:-9], "[1, 2]", json.dumps(records[2])])
+    (root / "m.jsonl").write_text(text + "\n")
+    m = load_manifest(_cfg(root / "m.jsonl"))
+    assert m.rows_read == 4 and m.included["row"].tolist() == [1, 4]
+    assert m.exclusions["reason"].str.startswith("malformed JSON Lines record").all()

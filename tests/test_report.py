@@ -111,3 +111,20 @@ def test_the_html_works_in_a_browser(packet: Path, tmp_path: Path) -> None:
 
     img = Image.open(shot).convert("L")
     assert img.size == (1200, 3000) and img.getextrema()[0] < 100  # something dark (text) was drawn
+
+
+def test_a_case_whose_image_is_gone_is_listed_not_drawn(packet: Path, tmp_path: Path) -> None:
+    from audit.gallery import write_cases
+    from audit.runfolder import load_run
+
+    copy = tmp_path / "gone"
+    shutil.copytree(packet, copy)
+    run = load_run(copy)
+    included = pd.concat([pd.read_parquet(p) for p in sorted((copy / "work").glob("shard_????.parquet"))])
+    shutil.rmtree(copy / "cases")
+    run.cases = write_cases(run.config, run.folder, run.images, run.subgroups, included)  # the images were deleted
+    drawn = run.cases[0]["rows"]
+    assert drawn and set(run.cases[0]["unavailable"]) == {str(r) for r in drawn}
+    assert "image unavailable when the report was drawn" in run.cases[0]["unavailable"][str(drawn[0])]
+    render_report(run)
+    assert "image unavailable when the report was drawn" in (copy / "report.html").read_text()

@@ -47,10 +47,13 @@ def _coco(path: Path, mtime: float) -> tuple[dict, dict, dict]:
         raise InputError(
             f"data.mask.coco {path.name}: not a COCO annotation file ({type(err).__name__}: {err})"
         ) from None
-    by_key: dict[str, dict] = {}
+    by_key: dict[str, dict | None] = {str(im["id"]): im for im in images}  # ids first: they are unique
+    stems: dict[str, list[dict]] = {}
     for im in images:
-        by_key.setdefault(str(im["id"]), im)
-        by_key.setdefault(Path(str(im.get("file_name", ""))).stem, im)
+        stems.setdefault(Path(str(im.get("file_name", ""))).stem, []).append(im)
+    for stem, ims in stems.items():
+        if stem not in by_key:
+            by_key[stem] = ims[0] if len(ims) == 1 else None  # None: ambiguous, refused when asked for
     by_image: dict[object, list] = {}
     for ann in annotations:
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -63,6 +66,10 @@ def region_from_coco(path: Path, image_id: str, categories: tuple[str, ...]) -> 
     from pycocotools import mask as coco_mask
 
     by_key, by_image, names = _coco(path, path.stat().st_mtime)
+    if image_id in by_key and by_key[image_id] is None:
+        raise InputError(
+            f"several COCO images have the file name {image_id!r} (in different folders)", column="image_id"
+        )
     image = by_key.get(image_id)
     if image is None:
         raise InputError(f"no COCO image with file name or id {image_id!r} in {path.name}", column="image_id")

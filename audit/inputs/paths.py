@@ -20,10 +20,12 @@ class DataRoot:
     """The folder every file an audit reads must lie in (after resolving symlinks)."""
 
     def __init__(self, root: Path) -> None:
+        self.given = Path(os.path.abspath(root))  # as configured (may pass through a symlink)
         self.root = Path(root).resolve()
 
-    def _inside(self, path: Path | str) -> bool:
-        return os.path.commonpath([self.root, path]) == str(self.root)
+    def _inside(self, path: Path | str, root: Path | None = None) -> bool:
+        root = root or self.root
+        return os.path.commonpath([root, path]) == str(root)
 
     def resolve(self, value: object, column: str) -> Path:
         """The regular file ``value`` names (relative to the root, or absolute inside it)."""
@@ -32,7 +34,8 @@ class DataRoot:
         if "\x00" in text:
             raise InputError("path contains a NUL byte", column=column, file=shown.replace("\x00", "\\0"))
         candidate = Path(text) if os.path.isabs(text) else self.root / text
-        if not self._inside(os.path.normpath(candidate)):
+        lexical = os.path.normpath(candidate)
+        if not (self._inside(lexical) or self._inside(lexical, self.given)):
             raise InputError(
                 f"{column} leads outside the data root {self.root}", column=column, file=shown, hint=OUTSIDE_HINT
             )

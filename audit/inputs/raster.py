@@ -71,6 +71,9 @@ def decode_raster(source: Path | bytes, intensity: Intensity) -> Picture:
             return Picture(arr, f"{mode} {'16-bit' if full else '32-bit'} greyscale, intensity {intensity.mode}")
         if mode == "F":
             values = np.asarray(img)
+            bad = int((~np.isfinite(values)).sum())
+            if bad:
+                raise InputError(f"float image with {bad} non-finite pixel value(s) (NaN or inf)")
             in_unit = values.min() >= 0 and values.max() <= 1
             arr = _scaled(values, 1.0 if in_unit else None, intensity)[..., None]
             return Picture(arr, f"float greyscale, intensity {intensity.mode}")

@@ -404,6 +404,20 @@ class Report(_Strict):
     panel_size: int = Field(default=160, ge=32, le=1024)
 
 
+class Orchestration(_Strict):
+    """How the Prefect flow runs its shard tasks (the library itself never imports Prefect).
+
+    ``threads`` (default; ``workers: 1`` is one shard after another in this process), ``processes``
+    (Prefect's process pool: one model per process, shards in parallel), ``dask`` (prefect-dask's
+    ``DaskTaskRunner``: the scheduler at ``address``, or a local cluster of ``workers`` processes when
+    no address is given; needs ``pip install prefect-dask``). Results do not depend on the runner.
+    """
+
+    runner: Literal["threads", "processes", "dask"] = "threads"
+    workers: int = Field(default=1, ge=1)
+    address: str | None = None
+
+
 class AuditConfig(_Strict):
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     output_dir: Path = Path("reports")
@@ -418,6 +432,7 @@ class AuditConfig(_Strict):
     stats: Stats = Stats()
     context: Context = Context()
     report: Report = Report()
+    orchestration: Orchestration = Orchestration()
 
     @field_validator("run_name")
     @classmethod

@@ -8,11 +8,13 @@ the same stages in-process without any orchestrator.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,17 @@ from audit.verdict import decide, flag_images, nan_to_none
 
 def work_dir(cfg: AuditConfig) -> Path:
     return RunFolder(cfg.run_dir).work
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """Write to a temporary file beside ``path`` and rename it into place only when writing succeeded."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def shard_output(shard: Path, kind: str) -> Path:
@@ -129,13 +142,22 @@ def build_method(explain: Explain, model: torch.nn.Module, layers: tuple[str, ..
     return NoiseAveraged(method, smooth.n, smooth.sigma, smooth.seed) if smooth.n > 0 else method
 
 
+_PER_THREAD = threading.local()
+
+
 def _explainer(cfg: AuditConfig) -> Explainer:
-    """One model per worker process, reused across its shards; raises ConfigError when the model and
-    the config disagree (number of classes, input size, layer)."""
-    return _build_explainer(cfg.model, cfg.preprocessing, cfg.explain, cfg.data.classes)
+    """One model per worker thread, reused across its shards (a CAM's hooks capture one forward pass
+    at a time: threads must not share a model); raises ConfigError when the model and the config
+    disagree (number of classes, input size, layer)."""
+    key = (cfg.model, cfg.preprocessing, cfg.explain, cfg.data.classes)
+    cache: dict = _PER_THREAD.__dict__.setdefault("explainers", {})
+    if key not in cache:
+        if len(cache) >= 2:
+            cache.pop(next(iter(cache)))
+        cache[key] = _build_explainer(*key)
+    return cache[key]
 
 
-@lru_cache(maxsize=2)
 def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...]) -> Explainer:
     model = load_model(src, explain.device)
     h, w = pre.size
@@ -312,13 +334,19 @@ def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
         results.extend(measure(cfg, ex, kept, samples, e))
         map_ids.extend(int(r["row"]) for r in kept)
         layer_maps.append(e.cam.layer_maps.detach().cpu().numpy().astype(np.float32))
-    out_path = shard_output(shard, "result.parquet")
-    pd.DataFrame(results).to_parquet(out_path, index=False)
-    pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS).to_csv(shard_output(shard, "exclusions.csv"), index=False)
+    # each output written whole or not at all, and only by this shard: shards may run in parallel
+    # and be retried, and a file a crashed task half wrote must never be read as a result
     maps = np.concatenate(layer_maps) if layer_maps else np.zeros((0, *ex.map_size), np.float32)
-    np.savez(shard_output(shard, "maps.npz"), rows=np.asarray(map_ids, dtype=np.int64), maps=maps)
     layer_info = {"layer": ", ".join(ex.layers), "map_size": list(ex.map_size)}
-    (work_dir(cfg) / "layer.json").write_text(json.dumps(layer_info))
+    with atomic(shard_output(shard, "layer.json")) as tmp:
+        tmp.write_text(json.dumps(layer_info))
+    with atomic(shard_output(shard, "maps.npz")) as tmp, tmp.open("wb") as f:
+        np.savez(f, rows=np.asarray(map_ids, dtype=np.int64), maps=maps)
+    with atomic(shard_output(shard, "exclusions.csv")) as tmp:
+        pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS).to_csv(tmp, index=False)
+    out_path = shard_output(shard, "result.parquet")
+    with atomic(out_path) as tmp:  # last: its presence means the shard is complete
+        pd.DataFrame(results).to_parquet(tmp, index=False)
     return out_path
 
 
@@ -393,7 +421,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     images["flagged"] = flag_images(images, cfg)
     images = add_intersections(cfg, images)  # saved, so the report and users see the same groups
     assert len(images) + len(exclusions) == rows_read, "a manifest row was lost"
-    layer = json.loads((work / "layer.json").read_text())
+    layer = json.loads(shard_output(results[0], "layer.json").read_text())
     n_perm = permutations_needed(cfg, subgroup_columns(cfg), images)
     tests = disparity_tests(cfg, images, subgroup_columns(cfg), n_perm)
     table = subgroup_table(cfg, images, tests)

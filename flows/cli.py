@@ -39,10 +39,10 @@ def _run(config: Path, overwrite: bool) -> dict:
     except problems as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    from flows.audit_flow import audit_flow
+    from flows.audit_flow import run_flow
 
     try:
-        return audit_flow(str(config), overwrite)
+        return run_flow(config, overwrite)
     except problems as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ from audit.inputs.reader import FILE_COLUMNS
 from audit.manifest import EXCLUSION_COLUMNS, ManifestError, exclusion, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
-from audit.runfolder import RunFolder, claim, load_run
+from audit.runfolder import RunFolder, load_run
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.stats import proportion_ci
@@ -92,22 +93,27 @@ def preflight(cfg: AuditConfig) -> None:
     _explainer(cfg)
 
 
+def nothing_usable(cfg: AuditConfig, exclusions: pd.DataFrame, rows_read: int) -> NoReturn:
+    """Stop the run, leaving the reasons where the message says."""
+    path = RunFolder(cfg.run_dir).exclusions
+    write_csv(exclusions, path)
+    raise ManifestError(
+        f"no usable image in {cfg.data.manifest}: all {rows_read} rows were excluded (reasons in {path})"
+    )
+
+
 def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
     """Check the config against the model, claim the run folder, check the manifest, record
     exclusions, and split the usable rows into shard files."""
     preflight(cfg)
-    claim(cfg.run_dir, overwrite)
+    RunFolder(cfg.run_dir).claim(overwrite)
     work = work_dir(cfg)
     manifest = load_manifest(cfg)
     manifest.exclusions.to_csv(work / "exclusions_manifest.csv", index=False)
     (work / "counts.json").write_text(json.dumps({"rows_read": manifest.rows_read}))
     inc = manifest.included
-    if inc.empty:  # stop before loading anything else, and leave the reasons where the message says
-        write_csv(manifest.exclusions, cfg.run_dir / "exclusions.csv")
-        raise ManifestError(
-            f"no usable image in {cfg.data.manifest}: all {manifest.rows_read} rows were excluded "
-            f"(reasons in {cfg.run_dir / 'exclusions.csv'})"
-        )
+    if inc.empty:  # stop before loading anything else
+        nothing_usable(cfg, manifest.exclusions, manifest.rows_read)
     size = cfg.explain.shard_size
     shards = []
     for i, start in enumerate(range(0, len(inc), size)):
@@ -411,12 +417,8 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     exclusions["row"] = exclusions["row"].astype(int)
     exclusions = exclusions.sort_values("row", kind="stable").reset_index(drop=True)
     rows_read = json.loads((work / "counts.json").read_text())["rows_read"]
-    if images.empty:
-        write_csv(exclusions, run / "exclusions.csv")
-        raise ManifestError(
-            f"no usable image in {cfg.data.manifest}: all {rows_read} rows were excluded "
-            f"(reasons in {run / 'exclusions.csv'})"
-        )
+    if images.empty:  # every row that passed the manifest check failed to decode
+        nothing_usable(cfg, exclusions, rows_read)
     images = images.sort_values("row", kind="stable").reset_index(drop=True)
     images["flagged"] = flag_images(images, cfg)
     images = add_intersections(cfg, images)  # saved, so the report and users see the same groups

@@ -12,7 +12,6 @@ the same HTML bytes.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from pathlib import Path
 
@@ -224,7 +223,7 @@ def context(run: Run) -> dict:
             )
             for t in LIMITATIONS
         ],
-        "config_yaml": yaml.safe_dump(json.loads(run.folder.config.read_text()), sort_keys=False, width=100),
+        "config_yaml": yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False, width=100),
         "attachments": [p.name for p in attached_files(run)],
         "css": (TEMPLATES / "report.css").read_text(),
         "js": (TEMPLATES / "report.js").read_text(),

@@ -90,10 +90,6 @@ class RunFolder:
         (self.path / MARKER).write_text("written by the focus audit; `audit run --overwrite` may replace its files\n")
 
 
-def claim(run_dir: Path, overwrite: bool) -> None:
-    RunFolder(run_dir).claim(overwrite)
-
-
 @dataclass
 class Run:
     """A finished run, read from its folder."""

@@ -154,7 +154,7 @@ def _good_file(root: Path, pool_row: dict, kind: str, k: int) -> dict:
     return row
 
 
-def _bad_row(kind: str, root: Path, outside: Path, base: dict, first_id: str) -> dict:
+def _bad_row(kind: str, outside: Path, base: dict, first_id: str) -> dict:
     row = dict(base)
     paths = {
         "missing_file": "images/nope.png",
@@ -219,7 +219,7 @@ def build_hostile_set(base: Path, kinds: list[str], pool: int = 6, seed: int = 3
             key = f"{kind if kind in ('good_16bit', 'good_dicom', 'good_red_mask', 'good_no_mask') else 'good'}:{k}"
             phrase = ""
         else:
-            row = _bad_row(kind, root, outside, {**base_row, **_good_file(root, p, "good", k)}, rows[0]["image_id"])
+            row = _bad_row(kind, outside, {**base_row, **_good_file(root, p, "good", k)}, rows[0]["image_id"])
             key, phrase = "", BAD[kind]
         rows.append(row)
         expected.append({"row": i + 1, "image_id": row["image_id"], "kind": kind, "phrase": phrase, "key": key})

@@ -111,6 +111,17 @@ class RowReader:
         check_region(region, self.spec, self.cfg.data.mask_threshold)
         return region
 
+    @property
+    def mask_column(self) -> str:
+        """The manifest column(s) a row's region comes from, as exclusions name them."""
+        return "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
+
+    def _artifact(self, paths: dict[str, Path], source: Path | bytes, size: tuple[int, int]) -> np.ndarray:
+        """The artifact mask in the image's geometry (any colour channel above the mask threshold)."""
+        col = "artifact_mask_path"
+        art = self._located(col, paths, region_from_image, source, self.cfg.data.mask_threshold)
+        return self._located(col, paths, fit_region, art, size, "artifact mask")
+
     def _located(self, column: str, paths: dict[str, Path], fn: Callable[..., T], *args: object) -> T:
         """Run ``fn``; any error becomes an InputError naming ``column`` and its file."""
         file = paths[column].name if column in paths else ""
@@ -128,18 +139,10 @@ class RowReader:
         small), the optional files' headers and geometry. Returns the resolved paths."""
         paths = self.paths(row)
         size = self._size(paths["image_path"], "image_path")
-        mask_col = "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
         with contextlib.suppress(NoRegion):  # no region: audited for performance only
-            self._located(mask_col, paths, self._region, row, paths, None, size)
+            self._located(self.mask_column, paths, self._region, row, paths, None, size)
         if "artifact_mask_path" in paths:  # may be empty: "no artifact on this image"
-            art = self._located(
-                "artifact_mask_path",
-                paths,
-                region_from_image,
-                paths["artifact_mask_path"],
-                self.cfg.data.mask_threshold,
-            )
-            self._located("artifact_mask_path", paths, fit_region, art, size, "artifact mask")
+            self._artifact(paths, paths["artifact_mask_path"], size)
         if "counterfactual_path" in paths:
             cf_size = self._size(paths["counterfactual_path"], "counterfactual_path")
             if cf_size != size:
@@ -155,18 +158,14 @@ class RowReader:
         paths = self.paths(row)
         data = {col: self._located(col, paths, p.read_bytes) for col, p in paths.items()}
         image = self._located("image_path", paths, self._picture, paths["image_path"], data["image_path"], "image_path")
-        mask_col = "mask_path" if self.mask_from_file else ",".join(self.spec.box_columns)
         region, no_region = None, ""
         try:
-            region = self._located(mask_col, paths, self._region, row, paths, data.get("mask_path"), image.size)
+            region = self._located(self.mask_column, paths, self._region, row, paths, data.get("mask_path"), image.size)
         except NoRegion as err:
             no_region = err.reason
         artifact = counterfactual = None
         if "artifact_mask_path" in paths:
-            art = self._located(
-                "artifact_mask_path", paths, region_from_image, data["artifact_mask_path"], self.cfg.data.mask_threshold
-            )
-            artifact = self._located("artifact_mask_path", paths, fit_region, art, image.size, "artifact mask")
+            artifact = self._artifact(paths, data["artifact_mask_path"], image.size)
         if "counterfactual_path" in paths:
             cf_path = paths["counterfactual_path"]
             counterfactual = self._located(

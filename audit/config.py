@@ -410,12 +410,16 @@ class Orchestration(_Strict):
     ``threads`` (default; ``workers: 1`` is one shard after another in this process), ``processes``
     (Prefect's process pool: one model per process, shards in parallel), ``dask`` (prefect-dask's
     ``DaskTaskRunner``: the scheduler at ``address``, or a local cluster of ``workers`` processes when
-    no address is given; needs ``pip install prefect-dask``). Results do not depend on the runner.
+    no address is given). Results do not depend on the runner.
+
+    ``cache_dir``: where finished shards are kept by content (:mod:`audit.shardcache`), so a killed run
+    started again recomputes only unfinished shards; default ``<output_dir>/.shard-cache``.
     """
 
     runner: Literal["threads", "processes", "dask"] = "threads"
     workers: int = Field(default=1, ge=1)
     address: str | None = None
+    cache_dir: Path | None = None
 
 
 class AuditConfig(_Strict):
@@ -465,6 +469,9 @@ def _resolve(base: Path, cfg: AuditConfig) -> AuditConfig:
     return cfg.model_copy(
         update={
             "output_dir": absolute(cfg.output_dir),
+            "orchestration": cfg.orchestration.model_copy(
+                update={"cache_dir": absolute(cfg.orchestration.cache_dir) if cfg.orchestration.cache_dir else None}
+            ),
             "model": cfg.model.model_copy(update=model_update),
             "data": cfg.data.model_copy(
                 update={

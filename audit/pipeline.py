@@ -8,11 +8,9 @@ the same stages in-process without any orchestrator.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +42,8 @@ from audit.inputs.reader import FILE_COLUMNS
 from audit.manifest import EXCLUSION_COLUMNS, ManifestError, exclusion, load_manifest
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
-from audit.runfolder import RunFolder, load_run
+from audit.runfolder import RunFolder, atomic, load_run, shard_output
+from audit.shardcache import ShardCache, shard_key
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.stats import proportion_ci
@@ -55,22 +54,6 @@ from audit.verdict import decide, flag_images, nan_to_none
 
 def work_dir(cfg: AuditConfig) -> Path:
     return RunFolder(cfg.run_dir).work
-
-
-@contextmanager
-def atomic(path: Path) -> Iterator[Path]:
-    """Write to a temporary file beside ``path`` and rename it into place only when writing succeeded."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def shard_output(shard: Path, kind: str) -> Path:
-    """``shard_0003.parquet`` -> ``shard_0003.<kind>`` (result.parquet, exclusions.csv, maps.npz)."""
-    return shard.with_name(shard.name.split(".")[0] + "." + kind)
 
 
 def included_rows(cfg: AuditConfig) -> pd.DataFrame:
@@ -323,12 +306,25 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
     return records
 
 
-def explain_shard(cfg: AuditConfig, shard: Path) -> Path:
+def explain_shard(cfg: AuditConfig, shard: Path, fresh: bool = False) -> Path:
+    """Explain one shard, or copy its outputs from the shard cache when a shard with the same content
+    key (model, rows, files, settings, code: :mod:`audit.shardcache`) finished before; ``fresh``
+    recomputes it anyway. Records whether it was reused in ``*.cache.json``."""
+    rows = pd.read_parquet(shard)
+    cache, key = ShardCache.of(cfg), shard_key(cfg, rows)
+    reused = not fresh and cache.restore(key, shard)
+    if not reused:
+        compute_shard(cfg, shard, rows.to_dict("records"))
+        cache.store(key, shard)
+    shard_output(shard, "cache.json").write_text(json.dumps({"key": key, "reused": reused}))
+    return shard_output(shard, "result.parquet")
+
+
+def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
     """Explain one shard, batch by batch: read -> explain -> measure. Per-image records to
     ``*.result.parquet``, layer maps to ``*.maps.npz``, rows that could not be read to ``*.exclusions.csv``."""
     ex = _explainer(cfg)
     reader = RowReader(cfg)
-    rows = pd.read_parquet(shard).to_dict("records")
     results, excluded, map_ids, layer_maps = [], [], [], []
     bs = cfg.explain.batch_size
     for start in range(0, len(rows), bs):
@@ -509,6 +505,7 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
         },
         "versions": versions(),
         "torch_threads": torch.get_num_threads(),
+        "shards": shard_reuse(cfg),
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
         "verdict": summary["verdict"],
@@ -516,6 +513,14 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
     path = RunFolder(cfg.run_dir).info
     path.write_text(json.dumps(info, indent=2))
     return path
+
+
+def shard_reuse(cfg: AuditConfig) -> dict:
+    """How many shards this run computed and how many it copied from the shard cache."""
+    marks = [json.loads(p.read_text()) for p in sorted(work_dir(cfg).glob("shard_????.cache.json"))]
+    reused = sum(m["reused"] for m in marks)
+    return {"total": len(marks), "reused": reused, "computed": len(marks) - reused,
+            "cache": str(ShardCache.of(cfg).root)}  # fmt: skip
 
 
 def render(cfg: AuditConfig, config_path: Path, started: datetime) -> dict[str, str]:
@@ -537,12 +542,12 @@ class RunResult:
     outputs: dict[str, str]
 
 
-def run_audit(config_path: str | Path, overwrite: bool = False) -> RunResult:
+def run_audit(config_path: str | Path, overwrite: bool = False, fresh: bool = False) -> RunResult:
     """All stages in this process, without an orchestrator."""
     started = datetime.now(UTC)
     cfg = load_config(config_path)
     shards = prepare(cfg, overwrite)
-    results = [explain_shard(cfg, s) for s in shards]
+    results = [explain_shard(cfg, s, fresh) for s in shards]
     sanity_check(cfg)
     summary = aggregate(cfg, results)
     outputs = render(cfg, Path(config_path), started)

@@ -12,7 +12,11 @@ folder this tool wrote (it carries a marker file) is cleared, and only of the fi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +29,22 @@ from audit.tables import read_csv
 
 MARKER = ".audit-run"
 WORK = "work"
+
+
+def shard_output(shard: Path, kind: str) -> Path:
+    """``work/shard_0003.parquet`` -> ``work/shard_0003.<kind>`` (result.parquet, exclusions.csv, maps.npz ...)."""
+    return shard.with_name(shard.name.split(".")[0] + "." + kind)
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """Write to a temporary file beside ``path`` and rename it into place only when writing succeeded."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class RunFolderError(ValueError):
@@ -64,10 +84,15 @@ class RunFolder:
         return (self.images, self.subgroups, self.disparities, self.exclusions, self.summary, self.info,
                 self.config, self.maps, self.cases_index, self.sanity, self.html, self.pdf)  # fmt: skip
 
+    def unfinished(self) -> bool:
+        """An audit started here and never finished (killed, crashed): it has the marker but no run.json."""
+        return (self.path / MARKER).is_file() and not self.info.is_file()
+
     def check_reuse(self, overwrite: bool) -> None:
-        """Refuse to reuse the folder unless it is empty, or holds an audit run (the marker, or the
+        """Refuse to reuse the folder unless it is empty, holds an unfinished audit run (started again, it
+        resumes: finished shards come from the shard cache), or holds a finished one (the marker, or the
         provenance file of a run written before the marker existed) and ``overwrite`` is asked for."""
-        if not self.path.exists() or not any(self.path.iterdir()):
+        if not self.path.exists() or not any(self.path.iterdir()) or self.unfinished():
             return
         if not ((self.path / MARKER).is_file() or self.info.is_file()):
             raise RunFolderError(
@@ -79,8 +104,8 @@ class RunFolder:
             )
 
     def claim(self, overwrite: bool) -> None:
-        """Make the folder this run's: create it, or clear a previous run's files from it when
-        ``overwrite``; refuse otherwise (:meth:`check_reuse`)."""
+        """Make the folder this run's: create it, or clear a previous run's files from it when it is
+        unfinished or ``overwrite`` is asked for; refuse otherwise (:meth:`check_reuse`)."""
         self.check_reuse(overwrite)
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.cases, ignore_errors=True)

@@ -9,6 +9,7 @@ artifact per shard; the verdict, the subgroup table and a link to the report at 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -31,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from audit import pipeline
 from audit.config import AuditConfig, ConfigError, load_config
+from audit.runfolder import RunFolder
 from audit.tables import read_csv
 
 
@@ -40,8 +42,10 @@ def prepare_task(config_path: str, overwrite: bool) -> list[str]:
 
 
 @task(name="explain-shard", cache_policy=NO_CACHE, retries=1)
-def explain_task(config_path: str, shard: str) -> str:
-    return str(pipeline.explain_shard(load_config(config_path), Path(shard)))
+def explain_task(config_path: str, shard: str, fresh: bool) -> str:
+    # resume is the library's content-keyed shard cache (audit.shardcache), not Prefect's result
+    # cache: it keys on the files' bytes and the model's, and works the same without Prefect
+    return str(pipeline.explain_shard(load_config(config_path), Path(shard), fresh))
 
 
 @task(name="sanity-check", cache_policy=NO_CACHE)
@@ -80,12 +84,12 @@ def _artifact_key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "audit"
 
 
-def _explain_all(config_path: str, shards: list[str], key: str) -> list[str]:
+def _explain_all(config_path: str, shards: list[str], key: str, fresh: bool) -> list[str]:
     """Run the shard tasks and follow them: terminal progress bar, Prefect progress artifact."""
     sizes = {s: pq.read_metadata(s).num_rows for s in shards}
     total = sum(sizes.values()) or 1
     artifact = create_progress_artifact(progress=0.0, key=f"{key}-progress", description="images explained")
-    futures = explain_task.map(unmapped(config_path), shards)
+    futures = explain_task.map(unmapped(config_path), shards, unmapped(fresh))
     shard_of = {f.task_run_id: s for f, s in zip(futures, shards, strict=True)}
     done, results, start = 0, {}, time.perf_counter()
     columns = (TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -103,14 +107,15 @@ def _explain_all(config_path: str, shards: list[str], key: str) -> list[str]:
 
 
 @flow(name="focus-audit", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def audit_flow(config_path: str, overwrite: bool = False) -> dict:
+def audit_flow(config_path: str, overwrite: bool = False, fresh: bool = False) -> dict:
     """Load -> Grad-CAM per shard -> sanity check -> aggregate -> render. Returns verdict and output paths.
-    ``overwrite``: replace an earlier run of the same run_name (otherwise it is refused)."""
+    ``overwrite``: replace an earlier finished run of the same run_name (otherwise it is refused; an
+    unfinished one is resumed). ``fresh``: recompute every shard instead of reusing cached ones."""
     started = datetime.now(UTC).isoformat()
     cfg = load_config(config_path)
     key = _artifact_key(f"audit-{cfg.run_name}")
     shards = prepare_task(config_path, overwrite)
-    results = _explain_all(config_path, shards, key)
+    results = _explain_all(config_path, shards, key, fresh)
     sanity_task(config_path)
     summary = aggregate_task(config_path, results)
     outputs = render_task(config_path, started)
@@ -124,10 +129,14 @@ def audit_flow(config_path: str, overwrite: bool = False) -> dict:
     ]
     create_table_artifact(table[keep].to_dict("records"), key=f"{key}-subgroups", description="subgroups")
     create_link_artifact(Path(outputs["html"]).resolve().as_uri(), link_text="HTML report", key=f"{key}-report")
-    return {"verdict": summary["verdict"], "reasons": summary["reasons"], "checks": summary["checks"], **outputs}
+    shards_info = json.loads(RunFolder(cfg.run_dir).info.read_text())["shards"]
+    return {
+        "verdict": summary["verdict"], "reasons": summary["reasons"], "checks": summary["checks"],
+        "run_dir": str(cfg.run_dir), "shards": shards_info, **outputs,
+    }  # fmt: skip
 
 
-def run_flow(config_path: str | Path, overwrite: bool = False) -> dict:
+def run_flow(config_path: str | Path, overwrite: bool = False, fresh: bool = False) -> dict:
     """The flow on the task runner the config asks for."""
     cfg = load_config(config_path)
-    return audit_flow.with_options(task_runner=task_runner(cfg))(str(config_path), overwrite)
+    return audit_flow.with_options(task_runner=task_runner(cfg))(str(config_path), overwrite, fresh)

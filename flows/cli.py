@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 
-def _run(config: Path, overwrite: bool) -> dict:
+def _run(config: Path, overwrite: bool, fresh: bool = False) -> dict:
     """Validate everything that can be checked up front (config, model against config, run folder),
     then run the flow. A problem found up front is one message and exit code 2, with no traceback."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -42,10 +42,17 @@ def _run(config: Path, overwrite: bool) -> dict:
     from flows.audit_flow import run_flow
 
     try:
-        return run_flow(config, overwrite)
+        result = run_flow(config, overwrite, fresh)
     except problems as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    shards = result["shards"]
+    if shards["reused"]:
+        typer.echo(
+            f"reused {shards['reused']} of {shards['total']} shards from the shard cache {shards['cache']} "
+            "(same model, files, settings and code; --fresh recomputes them)"
+        )
+    return result
 
 
 def _explain(result: dict) -> None:

@@ -3,9 +3,17 @@ outputs are written whole, and the Prefect UI gets progress, verdict, subgroup a
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from PIL import Image
 
 from tests.conftest import write_config
 
@@ -70,3 +78,71 @@ def test_dask_without_prefect_dask_is_a_config_error(tiny_set: Path, tiny_model:
             task_runner(load_config(config))
     else:
         assert type(task_runner(load_config(config))).__name__ == "DaskTaskRunner"
+
+
+def _cached_shards(cache: Path) -> int:
+    return len(list(cache.glob("??/" + "[0-9a-f]" * 64)))
+
+
+def test_a_killed_run_started_again_recomputes_only_unfinished_shards(
+    prefect_harness: None, tiny_set: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from audit.pipeline import run_audit
+    from flows.cli import app
+
+    settings = {"explain.shard_size": 1, "explain.batch_size": 1, "sanity.enabled": False}
+    config = write_config(tmp_path / "k.yaml", tiny_set, tiny_model, run_name="killed", **settings)
+    run, cache = tmp_path / "reports" / "killed", tmp_path / "reports" / ".shard-cache"
+    cli = [sys.executable, "-c", "from flows.cli import app; app()", "run", str(config)]
+    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _cached_shards(cache) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # no clean-up, no atexit: as if the machine died
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    finished_before_kill = _cached_shards(cache)
+    assert 2 <= finished_before_kill < 24 and not (run / "run.json").exists()
+
+    again = CliRunner().invoke(app, ["run", str(config)])  # the same command: no --overwrite needed
+    assert again.exit_code == 0, again.output
+    info = json.loads((run / "run.json").read_text())["shards"]
+    assert info["total"] == 24 and info["reused"] >= finished_before_kill and info["computed"] >= 1
+    assert f"reused {info['reused']} of 24 shards" in again.output
+
+    reference = write_config(tmp_path / "r.yaml", tiny_set, tiny_model, run_name="uninterrupted", **settings)
+    run_audit(reference, fresh=True)  # every shard computed
+    assert _outputs(run) == _outputs(tmp_path / "reports" / "uninterrupted")
+
+
+def test_fresh_recomputes_and_a_changed_file_is_not_reused(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from audit.config import load_config
+    from audit.pipeline import explain_shard, prepare
+    from audit.runfolder import shard_output
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_set.parent, data)
+    cfg = load_config(write_config(tmp_path / "c.yaml", data / "manifest.csv", tiny_model))
+
+    def explain_all(fresh: bool = False) -> list[bool]:
+        shards = prepare(cfg, overwrite=True)
+        results = [explain_shard(cfg, s, fresh) for s in shards]
+        assert all(r.is_file() for r in results)
+        return [json.loads(shard_output(s, "cache.json").read_text())["reused"] for s in shards]
+
+    assert explain_all() == [False, False, False]
+    first = pd.read_parquet(tmp_path / "reports" / "t" / "work" / "shard_0000.result.parquet")
+    assert explain_all() == [True, True, True]
+    assert first.equals(pd.read_parquet(tmp_path / "reports" / "t" / "work" / "shard_0000.result.parquet"))
+    assert explain_all(fresh=True) == [False, False, False]
+    image = pd.read_csv(data / "manifest.csv")["image_path"].iloc[12]  # a file of the second shard changes
+    Image.open(data / image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(data / image)
+    assert explain_all() == [True, False, True]
+    cfg = cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"top_k": 0.1})})  # a setting changes
+    assert explain_all() == [False, False, False]
+    cfg = cfg.model_copy(update={"report": cfg.report.model_copy(update={"max_cases": 3})})  # one the stage ignores
+    assert explain_all() == [True, True, True]

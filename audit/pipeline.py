@@ -43,9 +43,9 @@ from audit.manifest import EXCLUSION_COLUMNS, ManifestError, exclusion, load_man
 from audit.models import load_model
 from audit.provenance import sha256_bytes, sha256_file, sha256_of_hashes, versions
 from audit.runfolder import RunFolder, atomic, load_run, shard_output
-from audit.shardcache import ShardCache, shard_key
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
+from audit.shardcache import ShardCache, shard_key
 from audit.stats import proportion_ci
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
 from audit.tables import write_csv

@@ -20,6 +20,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit import charts, metrics
+from audit.comparison import MEASURES, RunComparison, write_comparison
 from audit.disparity import PROBLEM_STATUSES, STATUS_RELIES
 from audit.runfolder import Run, load_run
 
@@ -269,3 +270,27 @@ def write_pdf(html: str, target: Path, attachments: list[Path] = ()) -> None:  #
         HTML(string=html, url_fetcher=fetcher).write_pdf(target, pdf_variant="pdf/a-3b", attachments=files)
     except FatalURLFetchingError as err:  # a BaseException: would crash an orchestrator's task
         raise RuntimeError(f"PDF rendering tried to fetch a resource: {err}") from None
+
+
+def render_comparison(c: RunComparison, out: Path) -> dict[str, str]:
+    """Write the comparison's files (:func:`audit.comparison.write_comparison`) and its HTML and PDF."""
+    folder = write_comparison(c, out)
+
+    def side(run: Run) -> dict:
+        cfg = run.config
+        model = cfg.context.model_name or cfg.model.arch or cfg.model.kind
+        version = f" {cfg.context.model_version}" if cfg.context.model_version else ""
+        return {"name": cfg.run_name, "model": model + version, "finished": run.info.get("finished"),
+                "reasons": run.summary["reasons"]}  # fmt: skip
+
+    attachments = [folder.table, folder.flag_changes, folder.summary]
+    html = environment().get_template("comparison.html.j2").render(
+        a=side(c.a), b=side(c.b), s=c.summary(), worse=c.worse.to_dict("records"),
+        rows=c.table.to_dict("records"), flag_changes=c.flag_changes.to_dict("records"),
+        measures=MEASURES, ci_level=round(c.b.config.stats.ci_level * 100),
+        version=c.b.info.get("versions", {}).get("audit", ""), attachments=[p.name for p in attachments],
+        css=(TEMPLATES / "report.css").read_text(),
+    )  # fmt: skip
+    folder.html.write_text(html, encoding="utf-8")
+    write_pdf(html, folder.pdf, attachments)
+    return {"html": str(folder.html), "pdf": str(folder.pdf), "table": str(folder.table), "json": str(folder.summary)}

@@ -140,6 +140,8 @@ class Run:
 def load_run(path: Path | str) -> Run:
     """Read a finished run; names the files that are missing when it is not one."""
     folder = RunFolder(Path(path))
+    if not folder.path.is_dir():
+        raise RunFolderError(f"{folder.path}: no such run folder")
     needed = (folder.images, folder.subgroups, folder.exclusions, folder.summary, folder.info, folder.config)
     missing = [f.name for f in needed if not f.is_file()]
     if missing:

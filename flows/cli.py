@@ -66,9 +66,11 @@ def _explain(result: dict) -> None:
 def run(
     config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run with the same run_name")] = False,
+    fresh: Annotated[bool, typer.Option(help="recompute every shard instead of reusing cached ones")] = False,
 ) -> None:
-    """Run the audit flow and print the verdict and report paths."""
-    result = _run(config, overwrite)
+    """Run the audit flow and print the verdict and report paths. A run that was killed is resumed by
+    running the same command again: finished shards are reused."""
+    result = _run(config, overwrite, fresh)
     typer.echo(f"verdict: {result['verdict'].upper()}")
     _explain(result)
     typer.echo(f"HTML report: {result['html']}")
@@ -80,10 +82,17 @@ def check(
     config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
     strict: Annotated[bool, typer.Option(help="treat 'warn' as failing")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run with the same run_name")] = False,
+    fresh: Annotated[bool, typer.Option(help="recompute every shard instead of reusing cached ones")] = False,
+    baseline: Annotated[
+        Path | None, typer.Option(help="a finished run to compare with: fail when any subgroup got significantly worse")
+    ] = None,
 ) -> None:
-    """Run the audit as a release gate: exit 0 pass, 1 fail, 2 could not run ('warn' is 0 unless --strict)."""
+    """Run the audit as a release gate: exit 0 pass, 1 fail, 2 could not run ('warn' is 0 unless --strict).
+    With --baseline, also 1 when any subgroup is significantly worse than in the baseline run."""
+    if baseline is not None:
+        _finished_run(baseline)  # a wrong baseline is found before the audit runs, not after
     try:
-        result = _run(config, overwrite)
+        result = _run(config, overwrite, fresh)
     except typer.Exit:
         raise
     except Exception as err:  # anything that stops the audit means "could not run", never "pass"
@@ -94,7 +103,65 @@ def check(
     _explain(result)
     typer.echo(f"HTML report: {result['html']}")
     failing = verdict == "fail" or (strict and verdict == "warn")
+    if baseline is not None:
+        failing = _against_baseline(baseline, Path(result["run_dir"])) or failing
     raise typer.Exit(1 if failing else 0)
+
+
+def _finished_run(path: Path) -> object:
+    from audit.runfolder import RunFolderError, load_run
+
+    try:
+        return load_run(path)
+    except RunFolderError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _comparison_dir(a: Path, b: Path) -> Path:
+    return b.resolve().parent / f"{b.resolve().name}-vs-{a.resolve().name}"
+
+
+def _compare(a: Path, b: Path, out: Path | None) -> tuple[object, dict[str, str]]:
+    from audit.comparison import compare_runs
+    from audit.report import render_comparison
+
+    comparison = compare_runs(_finished_run(a), _finished_run(b))
+    files = render_comparison(comparison, out or _comparison_dir(a, b))
+    s = comparison.summary()
+    typer.echo(f"verdict: {s['verdict_a'].upper()} -> {s['verdict_b'].upper()}")
+    pairing = "paired by image (same audit set)" if s["same_images"] else "unpaired (different audit sets)"
+    typer.echo(f"compared per subgroup, {pairing}; {s['correction']}-adjusted, alpha {s['alpha']} one-sided")
+    for w in s["worse"]:
+        typer.echo(f"  worse: {w['measure']} in {w['column']} = {w['group']}: change {w['change']:+.3f} "
+                   f"(adjusted p {w['p_worse_adjusted']:.2g})")  # fmt: skip
+    for b_ in s["better"]:
+        typer.echo(f"  better: {b_['measure']} in {b_['column']} = {b_['group']}: change {b_['change']:+.3f}")
+    typer.echo(f"  images: {s['became_flagged']} became flagged, {s['no_longer_flagged']} no longer flagged")
+    typer.echo(f"comparison: {files['html']}")
+    typer.echo(f"table:      {files['table']}")
+    return comparison, files
+
+
+def _against_baseline(baseline: Path, run_dir: Path) -> bool:
+    """True when any subgroup measure is significantly worse than in the baseline run."""
+    typer.echo(f"\nagainst the baseline {baseline}:")
+    comparison, _ = _compare(baseline, run_dir, None)
+    return bool(len(comparison.worse))
+
+
+@app.command()
+def diff(
+    run_a: Annotated[Path, typer.Argument(help="the baseline run folder (e.g. model v1)")],
+    run_b: Annotated[Path, typer.Argument(help="the run folder to compare with it (e.g. model v2)")],
+    out: Annotated[Path | None, typer.Option(help="output folder (default: <RUN_B>-vs-<RUN_A> beside RUN_B)")] = None,
+) -> None:
+    """Compare two finished runs per subgroup: change in focus, accuracy, outside dependence and flagged
+    share with CIs and tests (paired by image on the same audit set), flag changes, verdict change.
+    Writes comparison.csv/.json, flag_changes.csv, comparison.html and comparison.pdf; exit 1 when any
+    subgroup got significantly worse, else 0 (2: a folder is not a finished run)."""
+    comparison, _ = _compare(run_a, run_b, out)
+    raise typer.Exit(1 if len(comparison.worse) else 0)
 
 
 @app.command()

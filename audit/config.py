@@ -128,6 +128,9 @@ class Explain(_Strict):
     spatial feature map before pooling), or a list of names whose maps are fused. ``output``:
     ``softmax`` for single-label models; ``sigmoid`` for multi-label ones (e.g. chest X-ray findings),
     where each manifest row is one (image, finding) pair with that finding's mask, explained against it.
+    ``threads``: torch's intra-op threads in each worker (None: torch's default, the machine's cores;
+    Dask workers start with 1). The thread count changes floating-point summation order, so pin it
+    (e.g. 1) when runs on different runners or machines must agree bit for bit.
     """
 
     method: Literal["gradcam", "hirescam", "gradcam++", "layercam", "scorecam", "guided-backprop", "guided-gradcam"] = (
@@ -140,6 +143,7 @@ class Explain(_Strict):
     batch_size: int = Field(default=32, ge=1)
     shard_size: int = Field(default=128, ge=1)
     device: str = "cpu"
+    threads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _multilabel_explains_the_finding(self) -> Explain:

@@ -148,6 +148,8 @@ def _explainer(cfg: AuditConfig) -> Explainer:
 
 
 def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...]) -> Explainer:
+    if explain.threads is not None and torch.get_num_threads() != explain.threads:
+        torch.set_num_threads(explain.threads)  # process-wide; part of the numerics (see Explain)
     model = load_model(src, explain.device)
     h, w = pre.size
     probe = torch.zeros(1, pre.channels, h, w, device=explain.device)

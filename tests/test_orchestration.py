@@ -32,18 +32,20 @@ def test_parallel_runners_give_the_results_of_one_thread(
         "serial": {"runner": "threads", "workers": 1},
         "threads": {"runner": "threads", "workers": 3},
         "processes": {"runner": "processes", "workers": 2},
+        "dask": {"runner": "dask", "workers": 2},  # prefect-dask's DaskTaskRunner on a LocalCluster
     }.items():
         config = write_config(
             tmp_path / f"{name}.yaml", tiny_set, tiny_model, run_name=name,
-            **{"orchestration": orchestration, "explain.shard_size": 6, "sanity.enabled": False},
+            **{"orchestration": orchestration, "explain.shard_size": 6, "explain.threads": 1, "sanity.enabled": False},
         )  # fmt: skip
-        result = run_flow(config)
+        result = run_flow(config, fresh=True)  # computed by this runner, not copied from the shard cache
         run = tmp_path / "reports" / name
         runs[name] = _outputs(run)
         assert result["verdict"] in ("pass", "warn", "fail")
         assert not list((run / "work").glob(".*.tmp")), "a temporary shard file was left behind"
         assert len(list((run / "work").glob("shard_????.layer.json"))) == 4  # one per shard, none shared
-    assert runs["threads"] == runs["serial"] and runs["processes"] == runs["serial"]
+        assert result["shards"]["computed"] == 4
+    assert runs["threads"] == runs["serial"] and runs["processes"] == runs["serial"] and runs["dask"] == runs["serial"]
 
 
 def test_the_prefect_ui_gets_progress_verdict_subgroups_and_report(
@@ -66,18 +68,16 @@ def test_the_prefect_ui_gets_progress_verdict_subgroups_and_report(
     assert result["verdict"].upper() in found["audit-art-1-verdict"].data
 
 
-def test_dask_without_prefect_dask_is_a_config_error(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
-    from audit.config import ConfigError, load_config
+def test_a_dask_address_in_the_config_goes_to_the_task_runner(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from audit.config import load_config
     from flows.audit_flow import task_runner
 
-    config = write_config(tmp_path / "d.yaml", tiny_set, tiny_model, **{"orchestration": {"runner": "dask"}})
-    try:
-        import prefect_dask  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="pip install prefect-dask"):
-            task_runner(load_config(config))
-    else:
-        assert type(task_runner(load_config(config))).__name__ == "DaskTaskRunner"
+    orchestration = {"runner": "dask", "address": "tcp://10.0.0.5:8786"}
+    config = write_config(tmp_path / "d.yaml", tiny_set, tiny_model, **{"orchestration": orchestration})
+    runner = task_runner(load_config(config))
+    assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.5:8786"
 
 
 def _cached_shards(cache: Path) -> int:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import yaml
 from prefect import flow, task, unmapped
 from prefect.artifacts import (
     create_link_artifact,
@@ -63,6 +64,16 @@ def render_task(config_path: str, started: str) -> dict[str, str]:
     return pipeline.render(load_config(config_path), Path(config_path), datetime.fromisoformat(started))
 
 
+def dated_config(config_path: Path, when: datetime) -> Path:
+    """A copy of the config (paths resolved) whose run_name carries the time, beside the runs."""
+    cfg = load_config(config_path)
+    cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-{when:%Y%m%dT%H%M%SZ}"})
+    path = cfg.output_dir / ".scheduled" / f"{cfg.run_name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
 def task_runner(cfg: AuditConfig) -> TaskRunner:
     """The task runner ``orchestration`` asks for."""
     o = cfg.orchestration
@@ -107,11 +118,15 @@ def _explain_all(config_path: str, shards: list[str], key: str, fresh: bool) -> 
 
 
 @flow(name="focus-audit", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def audit_flow(config_path: str, overwrite: bool = False, fresh: bool = False) -> dict:
+def audit_flow(config_path: str, overwrite: bool = False, fresh: bool = False, dated: bool = False) -> dict:
     """Load -> Grad-CAM per shard -> sanity check -> aggregate -> render. Returns verdict and output paths.
     ``overwrite``: replace an earlier finished run of the same run_name (otherwise it is refused; an
-    unfinished one is resumed). ``fresh``: recompute every shard instead of reusing cached ones."""
-    started = datetime.now(UTC).isoformat()
+    unfinished one is resumed). ``fresh``: recompute every shard instead of reusing cached ones.
+    ``dated``: write this run to ``<run_name>-<UTC time>`` (scheduled runs: each keeps its own folder)."""
+    now = datetime.now(UTC)
+    started = now.isoformat()
+    if dated:
+        config_path = str(dated_config(Path(config_path), now))
     cfg = load_config(config_path)
     key = _artifact_key(f"audit-{cfg.run_name}")
     shards = prepare_task(config_path, overwrite)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -162,6 +163,53 @@ def diff(
     subgroup got significantly worse, else 0 (2: a folder is not a finished run)."""
     comparison, _ = _compare(run_a, run_b, out)
     raise typer.Exit(1 if len(comparison.worse) else 0)
+
+
+def _deployments() -> ModuleType:
+    """flows.deployments, imported only for the commands that need Prefect's client."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows import deployments
+
+    return deployments
+
+
+@app.command()
+def schedule(
+    config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
+    cron: Annotated[str, typer.Option(help='when to run, a cron line, e.g. "0 3 * * 1" (Mondays 03:00)')],
+    pool: Annotated[str, typer.Option(help="Prefect work pool (a process pool is created if missing)")] = "audit",
+    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's run_name)")] = None,
+    timezone: Annotated[str, typer.Option(help="time zone of the cron line")] = "UTC",
+) -> None:
+    """Create or update a Prefect deployment that runs this audit on a schedule (needs a Prefect server;
+    a worker on the pool runs it: `prefect worker start --pool audit`). Each run writes its own folder,
+    <run_name>-<UTC time>."""
+    d = _deployments()
+    try:
+        full = d.schedule(config, cron, pool, name, timezone)
+    except d.ScheduleError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"deployment {full} runs {config} on '{cron}' ({timezone}) in work pool '{pool}'")
+    typer.echo(f"start a worker to run it:   prefect worker start --pool {pool}")
+    typer.echo(f"run it once now:            prefect deployment run '{full}'")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="audit config (YAML)")],
+    cron: Annotated[str, typer.Option(help='when to run, a cron line, e.g. "0 3 * * 1"')],
+    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's run_name)")] = None,
+    timezone: Annotated[str, typer.Option(help="time zone of the cron line")] = "UTC",
+) -> None:
+    """Run this audit on a schedule from this process (no work pool or worker; needs a Prefect server);
+    stops with Ctrl-C."""
+    d = _deployments()
+    try:
+        d.serve(config, cron, name, timezone)
+    except d.ScheduleError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -147,7 +147,13 @@ def _compare(a: Path, b: Path, out: Path | None) -> tuple[object, dict[str, str]
 def _against_baseline(baseline: Path, run_dir: Path) -> bool:
     """True when any subgroup measure is significantly worse than in the baseline run."""
     typer.echo(f"\nagainst the baseline {baseline}:")
-    comparison, _ = _compare(baseline, run_dir, None)
+    try:
+        comparison, _ = _compare(baseline, run_dir, None)
+    except typer.Exit:
+        raise
+    except Exception as err:  # a comparison that cannot be made is "could not run", never "pass"
+        typer.echo(f"error: the comparison with {baseline} could not run: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(2) from None
     return bool(len(comparison.worse))
 
 

@@ -1,0 +1,163 @@
+"""The whole flow at scale: local task runner against Dask, on generated audit sets.
+
+    .venv/bin/python bench/flow.py [--sizes 1000,10000] [--workers 2] [--runners local,dask]
+                                   [--cache .cache/bench-flow]
+
+Per size, an audit set is generated once (the demo's generator, 128 px, cached under ``--cache``) and
+a seeded, untrained MobileNetV3-Small is audited with the demo's settings, end to end (``audit run``
+in a fresh process: imports, Prefect, manifest check, Grad-CAM and counterfactuals per shard, sanity
+check, statistics, HTML and PDF), once per runner:
+
+- ``local``: Prefect's thread pool with ``--workers`` threads,
+- ``dask``: prefect-dask's ``DaskTaskRunner`` on a ``LocalCluster`` of ``--workers`` processes,
+
+both with one torch thread per worker (``explain.threads: 1``: the same arithmetic, so the results
+must be byte-identical) and ``--fresh`` (every shard computed, none from the shard cache). Printed:
+wall time, images/s end to end, peak RSS of the flow process and the peak of the summed RSS of it and
+all its descendants (Prefect's server, Dask's scheduler and workers), and whether ``images.parquet``
+and ``subgroups.csv`` are identical between the runners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def audit_set(cache: Path, n: int) -> Path:
+    from audit.examples.synth import generate
+
+    root = cache / f"set_{n}"
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        t = time.perf_counter()
+        generate(root, n, seed=11, size=128, workers=2)
+        print(f"generated {n} images in {time.perf_counter() - t:.0f} s", flush=True)
+    return manifest
+
+
+def model(cache: Path) -> Path:
+    from audit.models import build_torchvision
+
+    path = cache / "mobilenet_v3_small_seed0.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        torch.save(build_torchvision("mobilenet_v3_small", 2).state_dict(), path)
+    return path
+
+
+def config(cache: Path, manifest: Path, weights: Path, n: int, runner: str, workers: int) -> Path:
+    cfg = {
+        "run_name": f"flow_{n}_{runner}",
+        "output_dir": str(cache / "reports"),
+        "model": {"kind": "torchvision", "arch": "mobilenet_v3_small", "checkpoint": str(weights), "num_classes": 2},
+        "preprocessing": {"size": [128, 128]},
+        "explain": {"target_layer": "features.8", "batch_size": 32, "shard_size": 120, "threads": 1},
+        "data": {"manifest": str(manifest), "classes": ["nevus", "melanoma"], "subgroups": ["site", "sex", "age_band"]},
+        "thresholds": {"min_group_size": 10},
+        "stats": {"n_boot": 2000, "seed": 0},
+        "orchestration": {"runner": "threads" if runner == "local" else "dask", "workers": workers},
+    }  # fmt: skip
+    path = cache / f"flow_{n}_{runner}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class TreePeak:
+    """Peak of the summed RSS of this process and all its descendants (Prefect's server, Dask's
+    scheduler and workers), sampled every 0.2 s: what the run costs the machine."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20
+
+
+def child(config_path: str) -> None:
+    """One audit in this (fresh) process; prints wall time and peak RSS as JSON."""
+    tree = TreePeak()
+    start = time.perf_counter()
+    from flows.audit_flow import run_flow
+
+    result = run_flow(config_path, overwrite=True, fresh=True)
+    print(json.dumps({
+        "wall_s": time.perf_counter() - start,
+        "rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_tree_mb": tree.stop(),
+        "verdict": result["verdict"], "run_dir": result["run_dir"],
+    }))  # fmt: skip
+
+
+def run_one(path: Path) -> dict:
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    out = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{path.name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def outputs(run_dir: str) -> tuple[bytes, bytes]:
+    return (Path(run_dir) / "images.parquet").read_bytes(), (Path(run_dir) / "subgroups.csv").read_bytes()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--runners", default="local,dask")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-flow")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    cache = args.cache.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    weights = model(cache)
+    runners = args.runners.split(",")
+    print(f"{os.cpu_count()} cores; {args.workers} workers x 1 torch thread; torch {torch.__version__}")
+    head = f"{'images':>7} {'runner':>6} {'wall s':>7} {'images/s':>9} {'peak RSS flow MB':>17}"
+    print(f"{head} {'all processes MB':>17}  verdict")
+    for n in (int(s) for s in args.sizes.split(",")):
+        manifest = audit_set(cache, n)
+        results = {}
+        for runner in runners:
+            r = run_one(config(cache, manifest, weights, n, runner, args.workers))
+            results[runner] = r
+            print(f"{n:>7} {runner:>6} {r['wall_s']:>7.1f} {n / r['wall_s']:>9.1f} {r['rss_self_mb']:>17.0f} "
+                  f"{r['rss_tree_mb']:>17.0f}  {r['verdict']}", flush=True)  # fmt: skip
+        if {"local", "dask"} <= set(results):
+            same = outputs(results["local"]["run_dir"]) == outputs(results["dask"]["run_dir"])
+            print(f"{n:>7} dask vs local: images.parquet and subgroups.csv {'identical' if same else 'DIFFER'}")
+
+
+if __name__ == "__main__":
+    main()

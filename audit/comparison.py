@@ -3,10 +3,10 @@
 For every subgroup both runs report (and the whole set, ``all``/``all``), each measure's change
 B − A with a bootstrap CI and a one-sided test of "B is worse":
 
-- **paired** when every image of the group is in both runs (same ``image_id``, same image and mask
-  SHA-256: the usual "model v1 vs v2 on the same audit set"): per-image differences, a BCa CI of
-  their mean and a sign-flip permutation test (for a 0/1 measure such as accuracy this is an exact
-  McNemar-type test);
+- **paired** when the group holds exactly the same manifest rows in both runs (same ``image_id`` and
+  label, same image and mask SHA-256: the usual "model v1 vs v2 on the same audit set"): per-image
+  differences, a BCa CI of their mean and a sign-flip permutation test (for a 0/1 measure such as
+  accuracy, a McNemar-type test by permutation);
 - **unpaired** otherwise (different audit sets): the difference of means with a CI that resamples
   each run on its own, and a permutation test of group membership.
 
@@ -15,8 +15,9 @@ a row counts as *worse* when its adjusted p is below run B's ``thresholds.alpha`
 default) in the worse direction. Measures: ``focus`` (attention inside the region, higher is better),
 ``accuracy`` (higher is better), ``outside_dependent`` (share of images whose prediction rests on
 evidence outside the region, by the counterfactual; lower is better) and ``flagged`` (share of images
-with spurious focus; lower is better). Per-image values come from each run's own ``images.parquet``
-and config, so a comparison needs the two run folders only.
+with spurious focus; lower is better). Per-image values come from each run's ``images.parquet``; flags
+and outside dependence are judged by run B's thresholds for both runs (a loosened threshold is not an
+improvement), so a comparison needs the two run folders only.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from audit.config import AuditConfig
 from audit.disparity import outside_dependent, reliance_evidence
 from audit.runfolder import Run, load_run
 from audit.stats import adjust, bootstrap_ci, difference_ci
 from audit.subgroups import subgroup_columns
 from audit.tables import write_csv
+from audit.verdict import flag_images
 
 # measure -> (what it means, higher is better)
 MEASURES = {
@@ -42,22 +45,33 @@ MEASURES = {
     "outside_dependent": ("share of images whose prediction rests on evidence outside the region", False),
     "flagged": ("share of images with spurious focus (below the focus threshold)", False),
 }
-PAIR_KEY = ("image_id", "image_sha256", "mask_sha256")
+# one manifest row: (image_id, label) is unique in a run (one row per image, or per image and finding)
+PAIR_KEY = ("image_id", "label", "image_sha256", "mask_sha256")
 COLUMNS = ["column", "group", "measure", "meaning", "paired", "n_a", "n_b", "a", "b", "change", "ci_low",
            "ci_high", "p_worse", "p_worse_adjusted", "worse", "better"]  # fmt: skip
 
 
-def per_image(run: Run) -> pd.DataFrame:
-    """Each image's value of every measure (NaN where the run did not measure it), with its pairing key."""
+def per_image(run: Run, judge: AuditConfig) -> pd.DataFrame:
+    """Each image's value of every measure (NaN where the run did not measure it), with its pairing key.
+    Flags and outside dependence are judged by ``judge``'s thresholds (run B's for both runs), so a
+    changed threshold cannot pass for a changed model."""
     im = run.images
     out = im[list(PAIR_KEY)].astype(str)
     localised = im["localised"].astype(bool) if "localised" in im else pd.Series(True, index=im.index)
     out["focus"] = im["focus"].where(localised & ~im["zero_map"].astype(bool))
     out["accuracy"] = im["correct"].astype(float)
     measured = reliance_evidence(im).notna()
-    out["outside_dependent"] = outside_dependent(im, run.config).astype(float).where(measured)
-    out["flagged"] = im["flagged"].astype(float).where(localised)
+    out["outside_dependent"] = outside_dependent(im, judge).astype(float).where(measured)
+    out["flagged"] = flag_images(im, judge).astype(float).where(localised)
     return out
+
+
+def _same_images(sa: pd.DataFrame, sb: pd.DataFrame) -> bool:
+    """Both runs hold exactly the same manifest rows (same ids, labels and file hashes), each once."""
+    ka, kb = sa[list(PAIR_KEY)], sb[list(PAIR_KEY)]
+    if ka.duplicated().any() or kb.duplicated().any() or len(ka) != len(kb):
+        return False
+    return len(ka.merge(kb, on=list(PAIR_KEY))) == len(ka)
 
 
 def _groups(run: Run) -> dict[tuple[str, str], np.ndarray]:
@@ -147,12 +161,14 @@ class RunComparison:
 
 
 def _flag_changes(va: pd.DataFrame, vb: pd.DataFrame) -> pd.DataFrame:
-    both = va.merge(vb, on=list(PAIR_KEY), suffixes=("_a", "_b"))
+    va, vb = va.drop_duplicates(list(PAIR_KEY), keep=False), vb.drop_duplicates(list(PAIR_KEY), keep=False)
+    both = va.merge(vb, on=list(PAIR_KEY), suffixes=("_a", "_b"), validate="one_to_one")
     both = both[both["flagged_a"].notna() & both["flagged_b"].notna() & (both["flagged_a"] != both["flagged_b"])]
     change = np.where(both["flagged_b"] == 1, "became flagged", "no longer flagged")
-    return pd.DataFrame(
-        {"image_id": both["image_id"], "change": change, "focus_a": both["focus_a"], "focus_b": both["focus_b"]}
-    ).reset_index(drop=True)
+    return pd.DataFrame({
+        "image_id": both["image_id"], "label": both["label"], "change": change,
+        "focus_a": both["focus_a"], "focus_b": both["focus_b"],
+    }).reset_index(drop=True)  # fmt: skip
 
 
 def compare_runs(a: Run | Path | str, b: Run | Path | str) -> RunComparison:
@@ -160,7 +176,7 @@ def compare_runs(a: Run | Path | str, b: Run | Path | str) -> RunComparison:
     a = a if isinstance(a, Run) else load_run(a)
     b = b if isinstance(b, Run) else load_run(b)
     st = b.config.stats
-    va, vb = per_image(a), per_image(b)
+    va, vb = per_image(a, b.config), per_image(b, b.config)
     ga, gb = _groups(a), _groups(b)
     keys = [k for k in gb if k in ga]
     # enough permutations that the smallest attainable p sits well below alpha / (number of tests)
@@ -168,9 +184,9 @@ def compare_runs(a: Run | Path | str, b: Run | Path | str) -> RunComparison:
     rows = []
     for key in keys:
         sa, sb = va[ga[key]], vb[gb[key]]
-        paired = len(sa) == len(sb) and sa.merge(sb[list(PAIR_KEY)], on=list(PAIR_KEY)).shape[0] == len(sa)
+        paired = _same_images(sa, sb)
         if paired:  # align B's images on A's order
-            sb = sa[list(PAIR_KEY)].merge(sb, on=list(PAIR_KEY), how="left")
+            sb = sa[list(PAIR_KEY)].merge(sb, on=list(PAIR_KEY), how="left", validate="one_to_one")
             sa = sa.reset_index(drop=True)
         for measure, (meaning, higher_better) in MEASURES.items():
             r = _row(sa[measure], sb[measure], paired, higher_better, st.n_boot, n_perm, st.seed, st.ci_level)

@@ -147,9 +147,14 @@ def _explainer(cfg: AuditConfig) -> Explainer:
     return cache[key]
 
 
-def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...]) -> Explainer:
+def use_threads(explain: Explain) -> None:
+    """torch's intra-op threads as configured (process-wide; part of the numerics, see Explain)."""
     if explain.threads is not None and torch.get_num_threads() != explain.threads:
-        torch.set_num_threads(explain.threads)  # process-wide; part of the numerics (see Explain)
+        torch.set_num_threads(explain.threads)
+
+
+def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...]) -> Explainer:
+    use_threads(explain)
     model = load_model(src, explain.device)
     h, w = pre.size
     probe = torch.zeros(1, pre.channels, h, w, device=explain.device)
@@ -313,12 +318,15 @@ def explain_shard(cfg: AuditConfig, shard: Path, fresh: bool = False) -> Path:
     key (model, rows, files, settings, code: :mod:`audit.shardcache`) finished before; ``fresh``
     recomputes it anyway. Records whether it was reused in ``*.cache.json``."""
     rows = pd.read_parquet(shard)
+    use_threads(cfg.explain)  # before the key: the thread count is part of it
     cache, key = ShardCache.of(cfg), shard_key(cfg, rows)
     reused = not fresh and cache.restore(key, shard)
+    stored = reused
     if not reused:
         compute_shard(cfg, shard, rows.to_dict("records"))
-        cache.store(key, shard)
-    shard_output(shard, "cache.json").write_text(json.dumps({"key": key, "reused": reused}))
+        stored = cache.store(key, shard)
+    mark = {"key": key.key, "reused": reused, "stored": stored}
+    shard_output(shard, "cache.json").write_text(json.dumps(mark))
     return shard_output(shard, "result.parquet")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,14 +85,38 @@ class RunFolder:
         return (self.images, self.subgroups, self.disparities, self.exclusions, self.summary, self.info,
                 self.config, self.maps, self.cases_index, self.sanity, self.html, self.pdf)  # fmt: skip
 
+    @property
+    def owner(self) -> Path:  # which process is writing the run: {"pid", "host"}
+        return self.work / ".owner.json"
+
     def unfinished(self) -> bool:
         """An audit started here and never finished (killed, crashed): it has the marker but no run.json."""
         return (self.path / MARKER).is_file() and not self.info.is_file()
 
+    def running_elsewhere(self) -> int | None:
+        """The pid of another live process on this machine that is writing this run, else None."""
+        try:
+            owner = json.loads(self.owner.read_text())
+        except (OSError, ValueError):
+            return None
+        pid = owner.get("pid")
+        if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+            return None
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
     def check_reuse(self, overwrite: bool) -> None:
-        """Refuse to reuse the folder unless it is empty, holds an unfinished audit run (started again, it
-        resumes: finished shards come from the shard cache), or holds a finished one (the marker, or the
+        """Refuse to reuse the folder unless it is empty, holds an unfinished audit run that no live process
+        on this machine is writing (started again, it resumes: finished shards come from the shard
+        cache), or holds a finished one (the marker, or the
         provenance file of a run written before the marker existed) and ``overwrite`` is asked for."""
+        if self.unfinished() and (pid := self.running_elsewhere()) is not None:
+            raise RunFolderError(f"{self.path} is being written by a run in progress (process {pid} on this machine)")
         if not self.path.exists() or not any(self.path.iterdir()) or self.unfinished():
             return
         if not ((self.path / MARKER).is_file() or self.info.is_file()):
@@ -112,6 +137,7 @@ class RunFolder:
         for f in self.outputs:
             f.unlink(missing_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
+        self.owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         (self.path / MARKER).write_text("written by the focus audit; `audit run --overwrite` may replace its files\n")
 
 

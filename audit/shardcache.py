@@ -1,10 +1,12 @@
 """Finished shards kept by content, so a killed or repeated run recomputes only what changed.
 
-A shard's key is the SHA-256 of everything its outputs depend on: the model file, the shard's rows
-(ids, labels, attributes, row numbers), the SHA-256 of every file those rows name, the config
-sections the explain stage reads, and this package's own source code. Equal keys mean equal
-outputs (the explain stage is deterministic), so a cached shard is copied, not recomputed; any
-change to a file, a row, the model, the settings or the code gives a new key. Entries are written
+A shard's key is the SHA-256 of everything its outputs depend on: the model (checkpoint and, for a
+factory, its source file), the shard's rows (ids, labels, attributes, row numbers), the SHA-256 of
+every file those rows name, the config sections the explain stage reads, this package's source code,
+the versions of the libraries it computes with, and torch's thread count (it changes summation
+order). Equal keys mean equal outputs (the explain stage is deterministic), so a cached shard is
+copied, not recomputed; any change to one of these gives a new key. A shard whose files changed
+while it was being computed (its recorded image hashes differ from the key's) is not stored. Entries are written
 to a temporary folder and renamed into place, so a run killed while storing leaves no half entry.
 The cache only grows: delete the folder to reclaim space (it is never needed for correctness).
 """
@@ -20,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from audit.config import AuditConfig
 from audit.inputs import InputError, RowReader
-from audit.provenance import sha256_file
+from audit.provenance import sha256_file, versions
 from audit.runfolder import shard_output
 
 # Per-shard outputs of the explain stage, in the order they are written: the result last, because
@@ -44,13 +47,23 @@ def code_sha256() -> str:
 
 
 @functools.cache
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
+def _file_sha256(path: Path, identity: tuple[int, ...]) -> str:  # a changed file (see below) is hashed again
     return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered while its inode, size, mtime and ctime stay the same (ctime cannot
+    be set back by a copy tool that restores mtime)."""
     st = path.stat()
-    return _file_sha256(path, st.st_size, st.st_mtime_ns)
+    return _file_sha256(path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def model_files(cfg: AuditConfig) -> list[Path]:
+    """The files that make the model: its checkpoint or source, and a factory's source beside its checkpoint."""
+    files = [cfg.model.identity_file]
+    if cfg.model.kind == "factory" and cfg.model.checkpoint is not None:
+        files.append(cfg.model.model_copy(update={"checkpoint": None}).identity_file)
+    return files
 
 
 def _files_of(reader: RowReader, row: dict) -> dict[str, str]:
@@ -63,20 +76,32 @@ def _files_of(reader: RowReader, row: dict) -> dict[str, str]:
         return {"error": f"{type(err).__name__}: {err}"}
 
 
-def shard_key(cfg: AuditConfig, rows: pd.DataFrame) -> str:
-    """The content key of one shard under ``cfg`` (see the module docstring)."""
+@dataclass(frozen=True)
+class ShardKey:
+    """A shard's content key, and the image hashes it was computed from (row -> SHA-256)."""
+
+    key: str
+    image_sha256: dict[int, str]
+
+
+def shard_key(cfg: AuditConfig, rows: pd.DataFrame) -> ShardKey:
+    """The content key of one shard under ``cfg`` in this process (see the module docstring)."""
     settings = json.loads(cfg.model_dump_json(exclude=set(NOT_IN_KEY)))
     reader = RowReader(cfg)
-    records = rows.to_dict("records")
+    files = [_files_of(reader, r) for r in rows.to_dict("records")]
     content = {
         "code": code_sha256(),
-        "model": file_sha256(cfg.model.identity_file),
+        "versions": {k: v for k, v in versions().items() if k != "platform"},
+        "torch_threads": torch.get_num_threads(),
+        "model": [file_sha256(p) for p in model_files(cfg)],
         "coco": file_sha256(cfg.data.mask.coco) if cfg.data.mask.coco else None,
         "settings": settings,
         "rows": json.loads(rows.to_json(orient="records", date_format="iso", double_precision=15)),
-        "files": [_files_of(reader, r) for r in records],
+        "files": files,
     }
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    images = {int(r): f["image_path"] for r, f in zip(rows["row"], files, strict=True) if "image_path" in f}
+    return ShardKey(key, images)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -101,22 +126,28 @@ class ShardCache:
     def entry(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def restore(self, key: str, shard: Path) -> bool:
+    def restore(self, key: ShardKey, shard: Path) -> bool:
         """Copy a finished shard's outputs beside ``shard`` (result last); False when not cached."""
-        entry = self.entry(key)
+        entry = self.entry(key.key)
         if not all((entry / kind).is_file() for kind in SHARD_FILES):
             return False
         for kind in SHARD_FILES:
             _copy_atomic(entry / kind, shard_output(shard, kind))
         return True
 
-    def store(self, key: str, shard: Path) -> None:
-        """Keep the finished outputs of ``shard`` under ``key`` (a no-op when another run stored them first)."""
-        entry = self.entry(key)
+    def store(self, key: ShardKey, shard: Path) -> bool:
+        """Keep the finished outputs of ``shard`` under ``key``, unless the images it read are not the ones
+        the key was computed from (a file changed meanwhile); False when not stored."""
+        result = pd.read_parquet(shard_output(shard, "result.parquet"))
+        if len(result):
+            read = dict(zip(result["row"].astype(int), result["image_sha256"], strict=True))
+            if any(key.image_sha256.get(row) != sha for row, sha in read.items()):
+                return False
+        entry = self.entry(key.key)
         if entry.is_dir():
-            return
+            return True
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{key}.{os.getpid()}.tmp")
+        tmp = entry.with_name(f".{key.key}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for kind in SHARD_FILES:
@@ -125,3 +156,4 @@ class ShardCache:
             os.rename(tmp, entry)
         except OSError:  # stored meanwhile by a parallel run: theirs is equal by construction
             shutil.rmtree(tmp, ignore_errors=True)
+        return True

@@ -151,7 +151,14 @@ def audit_flow(config_path: str, overwrite: bool = False, fresh: bool = False, d
     }  # fmt: skip
 
 
-def run_flow(config_path: str | Path, overwrite: bool = False, fresh: bool = False) -> dict:
+def run_flow(config_path: str | Path, overwrite: bool = False, fresh: bool = False, dated: bool = False) -> dict:
     """The flow on the task runner the config asks for."""
     cfg = load_config(config_path)
-    return audit_flow.with_options(task_runner=task_runner(cfg))(str(config_path), overwrite, fresh)
+    return audit_flow.with_options(task_runner=task_runner(cfg))(str(config_path), overwrite, fresh, dated)
+
+
+@flow(name="scheduled-focus-audit", log_prints=True)
+def scheduled_audit(config_path: str) -> dict:
+    """What a deployment runs: the audit as a subflow on the config's task runner, into a new dated
+    run folder (``<run_name>-<UTC time>``), so no scheduled run replaces another."""
+    return run_flow(config_path, dated=True)

@@ -90,8 +90,8 @@ def check(
 ) -> None:
     """Run the audit as a release gate: exit 0 pass, 1 fail, 2 could not run ('warn' is 0 unless --strict).
     With --baseline, also 1 when any subgroup is significantly worse than in the baseline run."""
-    if baseline is not None:
-        _finished_run(baseline)  # a wrong baseline is found before the audit runs, not after
+    if baseline is not None:  # a wrong baseline is found before the audit runs, not after
+        _check_baseline(baseline, config)
     try:
         result = _run(config, overwrite, fresh)
     except typer.Exit:
@@ -110,13 +110,26 @@ def check(
 
 
 def _finished_run(path: Path) -> object:
-    from audit.runfolder import RunFolderError, load_run
+    from audit.runfolder import load_run
 
     try:
         return load_run(path)
-    except RunFolderError as err:
+    except Exception as err:  # not a run, or one this version cannot read: "could not run", never "worse"
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+
+
+def _check_baseline(baseline: Path, config: Path) -> None:
+    from audit.config import load_config
+
+    _finished_run(baseline)
+    try:
+        run_dir = load_config(config).run_dir
+    except Exception:
+        return  # the audit itself reports a broken config
+    if run_dir.resolve() == baseline.resolve():
+        typer.echo(f"error: --baseline {baseline} is this audit's own run folder: it would be replaced", err=True)
+        raise typer.Exit(2)
 
 
 def _comparison_dir(a: Path, b: Path) -> Path:
@@ -167,7 +180,13 @@ def diff(
     share with CIs and tests (paired by image on the same audit set), flag changes, verdict change.
     Writes comparison.csv/.json, flag_changes.csv, comparison.html and comparison.pdf; exit 1 when any
     subgroup got significantly worse, else 0 (2: a folder is not a finished run)."""
-    comparison, _ = _compare(run_a, run_b, out)
+    try:
+        comparison, _ = _compare(run_a, run_b, out)
+    except typer.Exit:
+        raise
+    except Exception as err:  # exit 1 means "worse": a comparison that failed is 2
+        typer.echo(f"error: the comparison could not run: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(2) from None
     raise typer.Exit(1 if len(comparison.worse) else 0)
 
 

@@ -16,10 +16,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from audit.config import load_config
-from flows.audit_flow import audit_flow
+from flows.audit_flow import scheduled_audit
 
 PROJECT = Path(__file__).resolve().parent.parent
-ENTRYPOINT = "flows/audit_flow.py:audit_flow"
+ENTRYPOINT = "flows/audit_flow.py:scheduled_audit"
 
 
 class ScheduleError(RuntimeError):
@@ -50,22 +50,26 @@ def deployment_name(config: Path) -> str:
 
 
 def parameters(config: Path) -> dict:
-    return {"config_path": str(config.resolve()), "dated": True}
+    return {"config_path": str(config.resolve())}
+
+
+def cron_schedule(cron: str, timezone: str) -> object:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        return CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as err:
+        raise ScheduleError(f"--cron {cron!r} / --timezone {timezone!r}: {err}") from None
 
 
 def schedule(config: Path, cron: str, pool: str = "audit", name: str | None = None, timezone: str = "UTC") -> str:
-    """Register (or update) the deployment ``focus-audit/<name>`` that audits ``config`` on ``cron`` in work
+    """Register (or update) the deployment ``scheduled-focus-audit/<name>`` that audits ``config`` on ``cron`` in work
     pool ``pool``; returns its full name. The flow's code is taken from this project folder."""
-    from prefect.client.schemas.schedules import CronSchedule
-
     require_server()
     name = name or deployment_name(config)
-    try:
-        when = CronSchedule(cron=cron, timezone=timezone)
-    except ValueError as err:
-        raise ScheduleError(f"--cron {cron!r}: {err}") from None
+    when = cron_schedule(cron, timezone)
     ensure_pool(pool)
-    flow = audit_flow.from_source(source=str(PROJECT), entrypoint=ENTRYPOINT)
+    flow = scheduled_audit.from_source(source=str(PROJECT), entrypoint=ENTRYPOINT)
     flow.deploy(
         name=name,
         work_pool_name=pool,
@@ -78,17 +82,15 @@ def schedule(config: Path, cron: str, pool: str = "audit", name: str | None = No
         build=False,
         push=False,
     )
-    return f"{audit_flow.name}/{name}"
+    return f"{scheduled_audit.name}/{name}"
 
 
 def serve(config: Path, cron: str, name: str | None = None, timezone: str = "UTC") -> None:
     """Register the deployment and run it from this process until interrupted (no work pool, no worker)."""
-    from prefect.client.schemas.schedules import CronSchedule
-
     require_server()
-    audit_flow.serve(
+    scheduled_audit.serve(
         name=name or deployment_name(config),
-        schedules=[CronSchedule(cron=cron, timezone=timezone)],
+        schedules=[cron_schedule(cron, timezone)],
         parameters=parameters(config),
         tags=["focus-audit"],
     )

@@ -22,14 +22,16 @@ def _images(seed: int, n_per_site: int = 60, ids: str = "img") -> pd.DataFrame:
     n = 3 * n_per_site
     return pd.DataFrame({
         "image_id": [f"{ids}{i:04d}" for i in range(n)],
+        "label": "melanoma",
+        "explained": "melanoma",
         "image_sha256": [f"{i:064x}" for i in range(n)] if ids == "img" else [f"{i + n:064x}" for i in range(n)],
         "mask_sha256": "m",
         "site": np.repeat(["site_a", "site_b", "site_c"], n_per_site),
         "localised": True,
         "zero_map": False,
-        "focus": rng.lognormal(0.8, 0.4, n),
+        "focus": rng.lognormal(0.8, 0.6, n),
         "correct": rng.random(n) < 0.85,
-        "flagged": rng.random(n) < 0.1,
+        "flagged": False,  # recomputed by the comparison from focus and run B's thresholds
         "outside_delta": rng.uniform(0, 0.15, n),
     })  # fmt: skip
 
@@ -139,3 +141,16 @@ def test_gate_against_a_baseline_and_the_diff_command(
     assert all(w["measure"] == "focus" and w["change"] == pytest.approx(-5.0) for w in worse.values())
     assert worse[("all", "all")]["p_worse_adjusted"] < summary["alpha"]
     assert "worse" in (out / "comparison.html").read_text()
+
+
+def test_flags_are_judged_by_run_b_thresholds_and_repeated_rows_are_not_paired(config: Path, tmp_path: Path) -> None:
+    a = _images(seed=6)
+    run_a, run_b = _run(tmp_path, "a", a, config), _run(tmp_path, "b", a.copy(), config)
+    looser = run_b.config.thresholds.model_copy(update={"focus": 0.5})
+    run_b.config = run_b.config.model_copy(update={"thresholds": looser})
+    result = compare_runs(run_a, run_b)  # same images, same maps, only B's threshold is looser
+    assert result.flag_changes.empty and (result.table["change"] == 0).all()
+
+    twice = pd.concat([a, a.iloc[:3]], ignore_index=True)  # a key repeated: pairing would be ambiguous
+    result = compare_runs(_run(tmp_path, "a", twice, config), _run(tmp_path, "b", twice.copy(), config))
+    assert not result.table.set_index(["column", "group"]).loc[("all", "all"), "paired"].any()

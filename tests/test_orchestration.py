@@ -97,9 +97,10 @@ def test_a_killed_run_started_again_recomputes_only_unfinished_shards(
     run, cache = tmp_path / "reports" / "killed", tmp_path / "reports" / ".shard-cache"
     cli = [sys.executable, "-c", "from flows.cli import app; app()", "run", str(config)]
     proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while _cached_shards(cache) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     os.killpg(proc.pid, signal.SIGKILL)  # no clean-up, no atexit: as if the machine died
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
@@ -146,3 +147,23 @@ def test_fresh_recomputes_and_a_changed_file_is_not_reused(tiny_set: Path, tiny_
     assert explain_all() == [False, False, False]
     cfg = cfg.model_copy(update={"report": cfg.report.model_copy(update={"max_cases": 3})})  # one the stage ignores
     assert explain_all() == [True, True, True]
+
+
+def test_a_run_in_progress_is_refused_and_a_dead_one_resumed(tmp_path: Path) -> None:
+    from audit.runfolder import RunFolder, RunFolderError
+
+    folder = RunFolder(tmp_path / "run")
+    folder.claim(overwrite=False)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = json.loads(folder.owner.read_text())
+        folder.owner.write_text(json.dumps({**owner, "pid": live.pid}))  # another process on this machine
+        with pytest.raises(RunFolderError, match=f"run in progress \\(process {live.pid}"):
+            folder.check_reuse(overwrite=False)
+    finally:
+        live.kill()
+        live.wait()
+    folder.check_reuse(overwrite=False)  # its writer is gone: resumable
+    folder.info.write_text("{}")  # finished: needs --overwrite
+    with pytest.raises(RunFolderError, match="pass --overwrite"):
+        folder.check_reuse(overwrite=False)

@@ -69,12 +69,12 @@ def test_a_scheduled_audit_runs_on_a_real_server(
     config = write_config(tmp_path / "weekly.yaml", tiny_set, tiny_model, run_name="weekly", **settings)
     made = _sh([str(BIN / "audit"), "schedule", str(config), "--cron", "0 3 * * 1", "--pool", "audits"], prefect_server)
     assert made.returncode == 0, made.stderr
-    assert "deployment focus-audit/weekly" in made.stdout
+    assert "deployment scheduled-focus-audit/weekly" in made.stdout
 
-    inspected = _sh([str(BIN / "prefect"), "deployment", "inspect", "focus-audit/weekly"], prefect_server)
-    assert "0 3 * * 1" in inspected.stdout and "'dated': True" in inspected.stdout, inspected.stdout
+    inspected = _sh([str(BIN / "prefect"), "deployment", "inspect", "scheduled-focus-audit/weekly"], prefect_server)
+    assert "0 3 * * 1" in inspected.stdout and str(config) in inspected.stdout, inspected.stdout
 
-    triggered = _sh([str(BIN / "prefect"), "deployment", "run", "focus-audit/weekly"], prefect_server)
+    triggered = _sh([str(BIN / "prefect"), "deployment", "run", "scheduled-focus-audit/weekly"], prefect_server)
     assert triggered.returncode == 0, triggered.stderr
     worked = _sh([str(BIN / "prefect"), "worker", "start", "--pool", "audits", "--run-once"], prefect_server)
     assert worked.returncode == 0, worked.stderr[-3000:]

@@ -92,7 +92,9 @@ def test_a_killed_run_started_again_recomputes_only_unfinished_shards(
     from audit.pipeline import run_audit
     from flows.cli import app
 
-    settings = {"explain.shard_size": 1, "explain.batch_size": 1, "sanity.enabled": False}
+    # threads pinned: the subprocess and this test process then compute with the same arithmetic (the
+    # thread count is part of the shard key; other tests change this process's count)
+    settings = {"explain.shard_size": 1, "explain.batch_size": 1, "explain.threads": 1, "sanity.enabled": False}
     config = write_config(tmp_path / "k.yaml", tiny_set, tiny_model, run_name="killed", **settings)
     run, cache = tmp_path / "reports" / "killed", tmp_path / "reports" / ".shard-cache"
     cli = [sys.executable, "-c", "from flows.cli import app; app()", "run", str(config)]

@@ -24,7 +24,15 @@ from audit.disparity import (
     reliance_evidence,
     seed_for,
 )
-from audit.stats import auroc, auroc_ci, bootstrap_ci, difference_ci, ovr_auroc, percentile_ci, proportion_ci
+from audit.stats import (
+    auroc,
+    auroc_ci,
+    bootstrap_ci,
+    difference_ci,
+    ovr_auroc,
+    ovr_auroc_ci,
+    proportion_ci,
+)
 from audit.verdict import nan_to_none
 
 
@@ -79,8 +87,8 @@ def _performance(cfg: AuditConfig, g: pd.DataFrame, *key: str) -> dict[str, floa
         labels = g["label"].astype(str).map({c: i for i, c in enumerate(cfg.data.classes)}).to_numpy()
         scores = g[[f"p_{c}" for c in cfg.data.classes]].to_numpy(float)
         out["auroc"] = ovr_auroc(labels, scores)
-        out["auroc_ci_low"], out["auroc_ci_high"] = percentile_ci(
-            lambda idx: ovr_auroc(labels[idx], scores[idx]), len(g), cfg.stats.n_boot, seed_for(cfg, *key, "auc"), level
+        out["auroc_ci_low"], out["auroc_ci_high"] = ovr_auroc_ci(
+            labels, scores, cfg.stats.n_boot, seed_for(cfg, *key, "auc"), level
         )
         return out
     truth = (g["label"].astype(str) == pos).to_numpy()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from audit.imaging import fill_from_surroundings, heavy_blur
+from audit.imaging import dilate, fill_from_surroundings, heavy_blur
 
 
 def test_an_artifact_is_filled_from_its_surroundings_only() -> None:
@@ -24,3 +25,14 @@ def test_a_region_covering_the_image_falls_back_to_the_kept_mean() -> None:
     region[0, 0, 0] = False
     fill = fill_from_surroundings(x, region, factor=4)
     assert torch.isfinite(fill).all()
+
+
+def test_separable_dilation_equals_the_square_max_pool() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 37, 53, generator=g) > 0.97  # sparse points, odd sizes, regions at the border
+    masks[0] = False
+    masks[1, 0, 0] = masks[1, -1, -1] = True
+    for radius in (0, 1, 2, 7, 40):
+        k = 2 * radius + 1
+        square = F.max_pool2d(masks.float()[:, None], k, stride=1, padding=radius)[:, 0] > 0
+        assert torch.equal(dilate(masks, radius), square), radius

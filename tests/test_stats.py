@@ -145,3 +145,15 @@ def test_permutations_drawn_in_blocks_give_the_same_p_value(monkeypatch: pytest.
     whole = s.stratified_permutation_test(values, strata, in_group, 1000, seed=5)
     monkeypatch.setattr(s, "PERMUTATION_CELLS", 1000)  # blocks of 4-5 permutations
     assert s.stratified_permutation_test(values, strata, in_group, 1000, seed=5) == whole
+
+
+def test_auroc_rows_equals_auroc_one_row_at_a_time() -> None:
+    from audit.stats import auroc, auroc_rows
+
+    rng = np.random.default_rng(4)
+    y = rng.random((50, 40)) < 0.3
+    y[0] = False  # one class only: undefined
+    score = np.round(rng.random((50, 40)), 1)  # many ties
+    rows = auroc_rows(y, score)
+    assert np.isnan(rows[0])
+    assert all(rows[i] == auroc(y[i], score[i]) for i in range(1, 50))

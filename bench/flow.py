@@ -13,7 +13,9 @@ check, statistics, HTML and PDF), once per runner:
 
 both with one torch thread per worker (``explain.threads: 1``: the same arithmetic, so the results
 must be byte-identical) and ``--fresh`` (every shard computed, none from the shard cache). Printed:
-wall time, images/s end to end, peak RSS of the flow process and the peak of the summed RSS of it and
+Grad-CAM's own rate on the same model and batch (images decoded beforehand, ``--workers`` torch
+threads), then per run the wall time, images/s end to end, the share of wall time outside the engine
+(1 - (images / engine rate) / wall), peak RSS of the flow process and the peak of the summed RSS of it and
 all its descendants (Prefect's server, Dask's scheduler and workers), and whether ``images.parquet``
 and ``subgroups.csv`` are identical between the runners.
 """
@@ -31,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import torch
 import yaml
@@ -116,6 +119,33 @@ def child(config_path: str) -> None:
     }))  # fmt: skip
 
 
+def engine_rate(manifest: Path, weights: Path, threads: int, n: int = 512) -> float:
+    """Images/s of Grad-CAM alone (the same model, layer, batch of 32 and input size), on ``n`` images
+    decoded beforehand, with as many torch threads as the flow had workers."""
+    from audit.cam import GradCAM, PredictedClass
+    from audit.config import load_config
+    from audit.inputs import RowReader, to_tensor
+    from audit.models import build_torchvision
+
+    torch.set_num_threads(threads)
+    model = build_torchvision("mobilenet_v3_small", 2)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    cfg = load_config(config(weights.parent, manifest, weights, 0, "engine", threads))
+    reader = RowReader(cfg)
+    rows = pd.read_csv(manifest).head(n).to_dict("records")
+    x = torch.stack([to_tensor(reader.read({**r, "row": i}).image, cfg.preprocessing) for i, r in enumerate(rows)])
+    cam = GradCAM(model, "features.8")
+    cam(x[:32], PredictedClass())  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for b in range(0, len(x), 32):
+            cam(x[b : b + 32], PredictedClass())
+        best = min(best, time.perf_counter() - start)
+    return len(x) / best
+
+
 def run_one(path: Path) -> dict:
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     out = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, env=env)
@@ -144,19 +174,30 @@ def main() -> None:
     weights = model(cache)
     runners = args.runners.split(",")
     print(f"{os.cpu_count()} cores; {args.workers} workers x 1 torch thread; torch {torch.__version__}")
-    head = f"{'images':>7} {'runner':>6} {'wall s':>7} {'images/s':>9} {'peak RSS flow MB':>17}"
+    sizes = [int(s) for s in args.sizes.split(",")]
+    engine = engine_rate(audit_set(cache, sizes[0]), weights, args.workers)
+    print(f"Grad-CAM alone (same model, batch 32, {args.workers} torch threads): {engine:.0f} images/s")
+    head = f"{'images':>7} {'runner':>6} {'wall s':>7} {'images/s':>9} {'outside':>8} {'peak RSS flow MB':>17}"
     print(f"{head} {'all processes MB':>17}  verdict")
-    for n in (int(s) for s in args.sizes.split(",")):
+    rss = {}
+    for n in sizes:
         manifest = audit_set(cache, n)
         results = {}
         for runner in runners:
             r = run_one(config(cache, manifest, weights, n, runner, args.workers))
             results[runner] = r
-            print(f"{n:>7} {runner:>6} {r['wall_s']:>7.1f} {n / r['wall_s']:>9.1f} {r['rss_self_mb']:>17.0f} "
-                  f"{r['rss_tree_mb']:>17.0f}  {r['verdict']}", flush=True)  # fmt: skip
+            outside = 1 - (n / engine) / r["wall_s"]
+            print(f"{n:>7} {runner:>6} {r['wall_s']:>7.1f} {n / r['wall_s']:>9.1f} {outside:>8.0%} "
+                  f"{r['rss_self_mb']:>17.0f} {r['rss_tree_mb']:>17.0f}  {r['verdict']}", flush=True)  # fmt: skip
+        rss[n] = {k: r["rss_self_mb"] for k, r in results.items()}
         if {"local", "dask"} <= set(results):
             same = outputs(results["local"]["run_dir"]) == outputs(results["dask"]["run_dir"])
             print(f"{n:>7} dask vs local: images.parquet and subgroups.csv {'identical' if same else 'DIFFER'}")
+
+    if len(sizes) > 1:
+        for runner in runners:
+            ratio = rss[sizes[-1]][runner] / rss[sizes[0]][runner]
+            print(f"peak RSS of the flow, {runner}: {sizes[-1]} / {sizes[0]} images = {ratio:.2f}")
 
 
 if __name__ == "__main__":

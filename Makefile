@@ -34,7 +34,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .cache reports/*/ reports/.shard-cache .pytest_cache .ruff_cache
+	rm -rf .cache reports/*/ reports/.shard-cache reports/.scheduled .pytest_cache .ruff_cache
 
 # The report's browser test uses Debian's chromium; install it where we may (root, apt, network), else
 # the test skips and says why.

@@ -27,7 +27,7 @@ import torch
 from audit.config import AuditConfig
 from audit.inputs import InputError, RowReader
 from audit.provenance import sha256_file, versions
-from audit.runfolder import shard_output
+from audit.runfolder import atomic, shard_output
 
 # Per-shard outputs of the explain stage, in the order they are written: the result last, because
 # its presence is what marks a shard complete.
@@ -104,15 +104,6 @@ def shard_key(cfg: AuditConfig, rows: pd.DataFrame) -> ShardKey:
     return ShardKey(key, images)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class ShardCache:
     """A folder of finished shards, one sub-folder per key."""
@@ -132,7 +123,8 @@ class ShardCache:
         if not all((entry / kind).is_file() for kind in SHARD_FILES):
             return False
         for kind in SHARD_FILES:
-            _copy_atomic(entry / kind, shard_output(shard, kind))
+            with atomic(shard_output(shard, kind)) as tmp:
+                shutil.copyfile(entry / kind, tmp)
         return True
 
     def store(self, key: ShardKey, shard: Path) -> bool:

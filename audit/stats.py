@@ -174,17 +174,6 @@ def _resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield np.stack([rng.integers(0, n, n) for _ in range(min(BATCH, n_boot - start))])
 
 
-def percentile_ci(
-    statistic: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic(indices)`` over ``n`` resampled images; resamples where
-    the statistic is undefined (NaN, e.g. one class only) are skipped."""
-    if n < 4:
-        return (np.nan, np.nan)
-    draws = [statistic(idx) for rows in _resamples(n, n_boot, seed) for idx in rows]
-    return _percentiles(np.asarray(draws, float), level)
-
-
 def auroc_rows(y: np.ndarray, score: np.ndarray) -> np.ndarray:
     """:func:`auroc` of each row of (B, n) labels and scores at once (NaN where a row has one class).
     Average ranks are multiples of 1/2, so their sums are exact in float64 and the values equal

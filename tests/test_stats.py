@@ -110,7 +110,7 @@ def test_planted_difference_is_found_at_the_expected_power() -> None:
 
 
 def test_macro_one_vs_rest_auroc_by_hand() -> None:
-    from audit.stats import auroc, ovr_auroc, percentile_ci
+    from audit.stats import auroc, ovr_auroc, ovr_auroc_ci
 
     labels = np.array([0, 0, 1, 1, 2, 2])
     scores = np.array(
@@ -120,8 +120,11 @@ def test_macro_one_vs_rest_auroc_by_hand() -> None:
     # -> 4 + 3 = 7 of 8; class 2: 0.7, 0.4 vs 0.1, 0.1, 0.1, 0.5 -> 4 + 3 = 7 of 8
     assert ovr_auroc(labels, scores) == 7 / 8
     assert auroc(labels == 0, scores[:, 0]) == 7 / 8
-    lo, hi = percentile_ci(lambda i: ovr_auroc(labels[i], scores[i]), 6, 500, seed=0)
+    lo, hi = ovr_auroc_ci(labels, scores, 500, seed=0)
     assert lo <= 7 / 8 <= hi
+    rng = np.random.default_rng(0)  # the same CI one resample at a time, by the definition
+    draws = [ovr_auroc(labels[i], scores[i]) for i in (rng.integers(0, 6, 6) for _ in range(500))]
+    assert (lo, hi) == tuple(np.percentile([d for d in draws if not np.isnan(d)], [2.5, 97.5]))
     assert np.isnan(ovr_auroc(np.zeros(3, int), scores[:3, :1]))  # one class only: undefined
 
 

@@ -130,7 +130,12 @@ class Explain(_Strict):
     where each manifest row is one (image, finding) pair with that finding's mask, explained against it.
     ``threads``: torch's intra-op threads in each worker (None: torch's default, the machine's cores;
     Dask workers start with 1). The thread count changes floating-point summation order, so pin it
-    (e.g. 1) when runs on different runners or machines must agree bit for bit.
+    (e.g. 1) when runs on different runners or machines must agree bit for bit. ``backend``: the runtime
+    that runs the model. ``auto`` (default): on CPU, a torch model is exported once to ONNX (cached by
+    its SHA-256) and run by onnxruntime when its maps on a probe batch equal the torch path's within
+    1e-4 of their peak, else torch with the reason recorded; on a GPU, torch. ``torch`` or ``onnx``
+    force one (``onnx`` fails, naming why, where the check does not pass). The backend changes
+    rounding (maps agree to ~1e-6), so runs that must agree bit for bit pin it too.
     """
 
     method: Literal["gradcam", "hirescam", "gradcam++", "layercam", "scorecam", "guided-backprop", "guided-gradcam"] = (
@@ -144,6 +149,7 @@ class Explain(_Strict):
     shard_size: int = Field(default=128, ge=1)
     device: str = "cpu"
     threads: int | None = Field(default=None, ge=1)
+    backend: Literal["auto", "torch", "onnx"] = "auto"
 
     @model_validator(mode="after")
     def _multilabel_explains_the_finding(self) -> Explain:

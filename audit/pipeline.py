@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audit import metrics
+from audit import backend, metrics
+from audit.backend import Choice
 from audit.cam import (
     METHODS,
     CAMOutput,
@@ -109,10 +110,12 @@ def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
 # --------------------------------------------------------------------------- explain
 @dataclass
 class Explainer:
-    model: torch.nn.Module
+    model: torch.nn.Module  # what runs every forward: the loaded model or its ONNX twin (see backend)
     method: Callable[..., CAMOutput]
     layers: tuple[str, ...]
     map_size: tuple[int, int]
+    loaded: torch.nn.Module  # the model as loaded (the sanity check re-initialises its weights)
+    backend: Choice
 
 
 def build_method(explain: Explain, model: torch.nn.Module, layers: tuple[str, ...]) -> Callable[..., CAMOutput]:
@@ -138,7 +141,8 @@ def _explainer(cfg: AuditConfig) -> Explainer:
     """One model per worker thread, reused across its shards (a CAM's hooks capture one forward pass
     at a time: threads must not share a model); raises ConfigError when the model and the config
     disagree (number of classes, input size, layer)."""
-    key = (cfg.model, cfg.preprocessing, cfg.explain, cfg.data.classes)
+    exports = backend.export_cache(cfg.orchestration.cache_dir)
+    key = (cfg.model, cfg.preprocessing, cfg.explain, cfg.data.classes, exports)
     cache: dict = _PER_THREAD.__dict__.setdefault("explainers", {})
     if key not in cache:
         if len(cache) >= 2:
@@ -153,7 +157,9 @@ def use_threads(explain: Explain) -> None:
         torch.set_num_threads(explain.threads)
 
 
-def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...]) -> Explainer:
+def _build_explainer(
+    src: ModelSource, pre: Preprocessing, explain: Explain, classes: tuple[str, ...], exports: Path
+) -> Explainer:
     use_threads(explain)
     model = load_model(src, explain.device)
     h, w = pre.size
@@ -182,8 +188,8 @@ def _build_explainer(src: ModelSource, pre: Preprocessing, explain: Explain, cla
         except Exception as err:
             raise ConfigError(f"explain.target_layer: {layer!r} cannot be explained: {err}") from None
         sizes.append(tuple(maps.shape[-2:]))
-    method = build_method(explain, model, layers)
-    return Explainer(model, method, layers, max(sizes))
+    runner, choice = backend.choose(model, src, pre, explain, lambda m: build_method(explain, m, layers), exports)
+    return Explainer(runner, build_method(explain, runner, layers), layers, max(sizes), model, choice)
 
 
 def _target(cfg: AuditConfig, labels: list[str]) -> PredictedClass | ClassIndex:
@@ -349,7 +355,7 @@ def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
     # each output written whole or not at all, and only by this shard: shards may run in parallel
     # and be retried, and a file a crashed task half wrote must never be read as a result
     maps = np.concatenate(layer_maps) if layer_maps else np.zeros((0, *ex.map_size), np.float32)
-    layer_info = {"layer": ", ".join(ex.layers), "map_size": list(ex.map_size)}
+    layer_info = {"layer": ", ".join(ex.layers), "map_size": list(ex.map_size), "backend": ex.backend.as_dict()}
     with atomic(shard_output(shard, "layer.json")) as tmp:
         tmp.write_text(json.dumps(layer_info))
     with atomic(shard_output(shard, "maps.npz")) as tmp, tmp.open("wb") as f:
@@ -391,7 +397,7 @@ def sanity_check(cfg: AuditConfig) -> Path:
         skipped_path.write_text(json.dumps({"skipped": f"only {len(xs)} decodable image(s) to sample from"}))
         return skipped_path
     x = torch.stack(xs).to(cfg.explain.device)
-    table = parameter_randomisation(ex.model, lambda m: build_method(cfg.explain, m, ex.layers), x, s.seed, s.draws)
+    table = parameter_randomisation(ex.loaded, lambda m: build_method(cfg.explain, m, ex.layers), x, s.seed, s.draws)
     table.to_csv(table_path, index=False, float_format="%.6g")
     return table_path
 
@@ -475,6 +481,7 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "sanity": sanity,
         "layer": layer["layer"],
         "map_size": layer["map_size"],
+        "backend": layer["backend"],
         "explained": cfg.explain.target,
         "n_permutations": n_perm,
         "reliance_evidence": {str(k): int(v) for k, v in reliance_evidence(images).value_counts().items()},

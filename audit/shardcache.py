@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from audit.config import AuditConfig
+from audit.config import AuditConfig, ModelSource
 from audit.inputs import InputError, RowReader
 from audit.provenance import sha256_file, versions
 from audit.runfolder import atomic, shard_output
@@ -58,11 +58,11 @@ def file_sha256(path: Path) -> str:
     return _file_sha256(path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
-def model_files(cfg: AuditConfig) -> list[Path]:
+def model_files(src: ModelSource) -> list[Path]:
     """The files that make the model: its checkpoint or source, and a factory's source beside its checkpoint."""
-    files = [cfg.model.identity_file]
-    if cfg.model.kind == "factory" and cfg.model.checkpoint is not None:
-        files.append(cfg.model.model_copy(update={"checkpoint": None}).identity_file)
+    files = [src.identity_file]
+    if src.kind == "factory" and src.checkpoint is not None:
+        files.append(src.model_copy(update={"checkpoint": None}).identity_file)
     return files
 
 
@@ -93,7 +93,7 @@ def shard_key(cfg: AuditConfig, rows: pd.DataFrame) -> ShardKey:
         "code": code_sha256(),
         "versions": {k: v for k, v in versions().items() if k != "platform"},
         "torch_threads": torch.get_num_threads(),
-        "model": [file_sha256(p) for p in model_files(cfg)],
+        "model": [file_sha256(p) for p in model_files(cfg.model)],
         "coco": file_sha256(cfg.data.mask.coco) if cfg.data.mask.coco else None,
         "settings": settings,
         "rows": json.loads(rows.to_json(orient="records", date_format="iso", double_precision=15)),

@@ -1,12 +1,22 @@
 """Grad-CAM speed, measured side by side in one run on the same inputs; prints ratios, not claims.
 
-    .venv/bin/python bench/engine.py [--device cuda] [--batch 16] [--size 224] [--repeats 5]
+    .venv/bin/python bench/engine.py [--device cuda] [--repeats 7] [--networks resnet50 densenet121 ...]
 
-Ratios (targets from issue #3): ours / plain inference (<= 1.15), pytorch-grad-cam / ours (>= 3),
-torchcam / ours (>= 1.5), and our ONNX path (onnxruntime backbone + torch head) / our torch path.
-Timings interleave the contenders round by round so that machine noise
-hits them alike; each number is the median over rounds. Missing optional libraries are reported,
-not faked (``pip install -e '.[bench]'``).
+Each network starts as a torch checkpoint (seeded weights saved to a temporary folder) and is loaded
+the way an audit loads it, including the backend choice (``explain.backend: auto``: exported once to
+ONNX, checked against torch on a probe batch; see ``audit/backend.py``). Contenders, timed on the same
+batch:
+
+- ``onnxruntime plain``: the reference. onnxruntime's plain inference of the same exported file, with
+  as many threads as torch and otherwise its default options;
+- ``torch plain``: torch eager inference (``inference_mode``);
+- ``ours (default)``: Grad-CAM as an audit runs it (the backend ``auto`` chose);
+- ``ours, torch``: Grad-CAM on torch eager (``explain.backend: torch``);
+- ``torchcam`` and ``pytorch-grad-cam`` where installed (``pip install -e '.[bench]'``).
+
+Every ratio is against onnxruntime's plain inference (target for ``ours (default)``: <= 1.15).
+Timings interleave the contenders round by round so that machine noise hits them alike; each time is
+the median over rounds, and each ratio the median of the per-round ratios, with their range.
 """
 
 from __future__ import annotations
@@ -16,15 +26,36 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
 import torch
 
+from audit import backend
 from audit.cam import GradCAM, PredictedClass
 from audit.cam.onnx import OnnxModel
-from audit.models import build_torchvision
+from audit.config import Explain, ModelSource, Preprocessing
+from audit.models import build_torchvision, load_model
 
-LAYERS = {"resnet50": "layer4", "densenet121": "features", "resnet18": "layer4"}
+
+@dataclass(frozen=True)
+class Network:
+    arch: str
+    layer: str
+    size: int
+    classes: int
+    batch: int
+
+
+NETWORKS = {
+    "resnet50": Network("resnet50", "layer4", 224, 1000, 16),
+    "densenet121": Network("densenet121", "features", 224, 1000, 16),
+    "efficientnet_b0": Network("efficientnet_b0", "features", 224, 1000, 16),
+    # the demo's network as the demo explains it: 128 px, layer features.8, batch 32
+    "demo": Network("mobilenet_v3_small", "features.8", 128, 2, 32),
+}
+REFERENCE = "onnxruntime plain"
 
 
 def _sync(device: str) -> None:
@@ -32,38 +63,51 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _onnx_twin(model: torch.nn.Module, x: torch.Tensor) -> OnnxModel:
-    path = Path(tempfile.mkdtemp()) / "model.onnx"
-    torch.onnx.export(
-        model,
-        (x[:1],),
-        str(path),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
-    return OnnxModel(path)
+def _source(net: Network, folder: Path) -> tuple[ModelSource, Preprocessing]:
+    src = ModelSource(kind="torchvision", arch=net.arch, checkpoint=folder / f"{net.arch}.pt", num_classes=net.classes)
+    return src, Preprocessing(size=(net.size, net.size))
+
+
+def loaded(net: Network, folder: Path, device: str, batch: int) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(torch model, the model an audit explains with, why that one), starting from a checkpoint."""
+    torch.manual_seed(0)
+    checkpoint = folder / f"{net.arch}.pt"
+    torch.save(build_torchvision(net.arch, net.classes).state_dict(), checkpoint)
+    src, pre = _source(net, folder)
+    explain = Explain(target_layer=net.layer, batch_size=batch, device=device)
+    model = load_model(src, device)
+    start = time.perf_counter()
+    runner, choice = backend.choose(model, src, pre, explain, lambda m: GradCAM(m, net.layer), folder / "onnx")
+    print(f"  backend: {choice.backend} ({choice.reason}; export and check {time.perf_counter() - start:.1f} s)")
+    return model, runner, choice.backend
+
+
+def reference_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def contenders(
-    model: torch.nn.Module, layer: str, x: torch.Tensor, with_onnx: bool = True
+    model: torch.nn.Module, runner: torch.nn.Module, layer: str, x: torch.Tensor, onnx_file: Path | None
 ) -> dict[str, Callable[[], object]]:
-    module = dict(model.named_modules())[layer]
     with torch.no_grad():
         idx = model(x).argmax(dim=1).tolist()
     out: dict[str, Callable[[], object]] = {}
+    if onnx_file is not None:
+        session, feed = reference_session(onnx_file), {"input": x.cpu().numpy()}
+        out[REFERENCE] = lambda: session.run(None, feed)
 
     def plain() -> object:
         with torch.inference_mode():
             return model(x)
 
-    ours = GradCAM(model, layer)
-    out["plain inference"] = plain
-    out["ours (Grad-CAM)"] = lambda: ours(x, PredictedClass()).maps
-    if with_onnx and x.device.type == "cpu":  # the ONNX path runs through onnxruntime's CPU provider
-        onnx_cam = GradCAM(_onnx_twin(model, x), layer)
-        out["ours, ONNX file"] = lambda: onnx_cam(x, PredictedClass()).maps
+    out["torch plain"] = plain
+    ours, ours_torch = GradCAM(runner, layer), GradCAM(model, layer)
+    out["ours (default)"] = lambda: ours(x, PredictedClass()).maps
+    if runner is not model:
+        out["ours, torch"] = lambda: ours_torch(x, PredictedClass()).maps
     try:
         from torchcam.methods import GradCAM as TorchcamGradCAM
 
@@ -73,22 +117,22 @@ def contenders(
 
         out["torchcam"] = torchcam
     except ImportError:
-        print("torchcam not installed: skipped")
+        pass
     try:
         from pytorch_grad_cam import GradCAM as PGCGradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        pgc = PGCGradCAM(model=model, target_layers=[module])
+        pgc = PGCGradCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
         targets = [ClassifierOutputTarget(i) for i in idx]
         out["pytorch-grad-cam"] = lambda: pgc(input_tensor=x, targets=targets)
     except ImportError:
-        print("pytorch-grad-cam (package grad-cam) not installed: skipped")
+        pass
     return out
 
 
-def measure(fns: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, float]:
+def measure(fns: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
+    for fn in fns.values():  # warm-up (sessions, allocators, heads)
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -97,38 +141,52 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, device: str) -> 
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def report(name: str, net: Network, times: dict[str, list[float]]) -> dict[str, float]:
+    base = REFERENCE if REFERENCE in times else "torch plain"
+    print(f"\n{name}: {net.arch} at {net.size} px, layer {net.layer}, batch {net.batch}")
+    print(f"  {'contender':<20} {'median ms':>10}   {'/ ' + base:>24}  (range over rounds)")
+    ratios = {}
+    for contender, ts in times.items():
+        per_round = [t / b for t, b in zip(ts, times[base], strict=True)]
+        ratios[contender] = statistics.median(per_round)
+        print(
+            f"  {contender:<20} {statistics.median(ts) * 1000:10.1f}   {ratios[contender]:24.2f}"
+            f"  ({min(per_round):.2f}-{max(per_round):.2f})"
+        )
+    return ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--archs", nargs="+", default=["resnet50", "densenet121"])
-    parser.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX path")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--batch", type=int, default=None, help="one batch size for every network")
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"batch {args.batch}, {args.size}px, median of {args.repeats} interleaved rounds"
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}, device {args.device}, "
+        f"threads {torch.get_num_threads()}, median of {args.repeats} interleaved rounds"
     )
-    for arch in args.archs:
-        torch.manual_seed(0)
-        model = build_torchvision(arch, 1000).eval().to(args.device)
-        x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-        t = measure(contenders(model, LAYERS[arch], x, not args.skip_onnx), args.repeats, args.device)
-        ours = t["ours (Grad-CAM)"]
-        print(f"\n{arch} (layer {LAYERS[arch]})")
-        for name, sec in t.items():
-            print(f"  {name:<22} {sec * 1000:9.1f} ms")
-        print(f"  ours / plain inference      = {ours / t['plain inference']:.2f}   (target <= 1.15)")
-        if "pytorch-grad-cam" in t:
-            print(f"  pytorch-grad-cam / ours     = {t['pytorch-grad-cam'] / ours:.2f}   (target >= 3)")
-        if "torchcam" in t:
-            print(f"  torchcam / ours             = {t['torchcam'] / ours:.2f}   (target >= 1.5)")
-        if "ours, ONNX file" in t:
-            print(f"  ONNX path / torch path      = {t['ours, ONNX file'] / ours:.2f}")
+    summary = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.networks:
+            net = NETWORKS[name]
+            batch = args.batch or net.batch
+            print(f"\n{name}:")
+            model, runner, _ = loaded(net, Path(tmp), args.device, batch)
+            onnx_file = runner.path if isinstance(runner, OnnxModel) else None
+            if onnx_file is None and args.device == "cpu":  # the reference exists even when torch was chosen
+                onnx_file = backend.exported(model, *_source(net, Path(tmp)), Path(tmp) / "onnx")
+            x = torch.randn(batch, 3, net.size, net.size, generator=torch.Generator().manual_seed(1))
+            x = x.to(args.device)
+            times = measure(contenders(model, runner, net.layer, x, onnx_file), args.repeats, args.device)
+            summary[name] = report(name, net, times)
+    print("\nGrad-CAM as an audit runs it / onnxruntime plain inference (target <= 1.15):")
+    for name, ratios in summary.items():
+        print(f"  {name:<16} {ratios['ours (default)']:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,20 @@ from audit.models import build_torchvision
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user-level cache (ONNX exports, audit/backend.py) in a folder of this session, shared by its
+    tests (and the audits they start in subprocesses), never the user's own."""
+    path = tmp_path_factory.mktemp("xdg_cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One embedded Prefect server for the whole session (starting one costs about 10 s)."""

@@ -95,27 +95,39 @@ class OnnxModel:
     def parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
 
-    def _session(self, extra: tuple[str, ...]) -> ort.InferenceSession:
-        if extra not in self._sessions:
+    def _session(self, extra: tuple[str, ...], backbone: bool = False) -> ort.InferenceSession:
+        """A session computing the logits plus the ``extra`` tensors, or with ``backbone`` only the
+        ``extra`` tensors (the graph cut after them: the head then runs once, in torch, not twice)."""
+        key = (*extra, "<backbone>") if backbone else extra
+        if key not in self._sessions:
             proto = onnx.ModelProto()
-            proto.CopyFrom(self.proto)
-            for name in extra:
-                proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            if backbone:
+                proto = onnx.utils.Extractor(_fold_constant_identities(self.proto)).extract_model(
+                    [self.input_name], list(extra)
+                )
+            else:
+                proto.CopyFrom(self.proto)
+                for name in extra:
+                    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            # As many threads as torch uses (explain.threads), not onnxruntime's default of every core:
+            # parallel workers would otherwise each claim the whole machine.
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
             # onnxruntime's idle threads spin waiting for work and take the cores from torch, which runs
             # the head and the gradients between its calls: off, the demo network's Grad-CAM ran in about
             # half the time (issue 12). Scheduling only: the arithmetic is the same.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            self._sessions[extra] = ort.InferenceSession(
+            self._sessions[key] = ort.InferenceSession(
                 proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
-        return self._sessions[extra]
+        return self._sessions[key]
 
-    def _run(self, x: torch.Tensor, extra: tuple[str, ...] = ()) -> list[np.ndarray]:
-        session = self._session(extra)
-        names = [self.output_name, *extra]
+    def _run(self, x: torch.Tensor, extra: tuple[str, ...] = (), backbone: bool = False) -> list[np.ndarray]:
+        session = self._session(extra, backbone)
+        names = list(extra) if backbone else [self.output_name, *extra]
         arr = x.detach().cpu().numpy().astype(np.float32)
         if self.fixed_batch == 1 and arr.shape[0] > 1:  # a graph exported for one image at a time
             parts = [session.run(names, {self.input_name: arr[i : i + 1]}) for i in range(arr.shape[0])]
@@ -180,16 +192,20 @@ class OnnxModel:
             sub = onnx.utils.Extractor(_fold_constant_identities(self.proto)).extract_model(
                 [tensor], [self.output_name]
             )
-            self._heads[tensor] = convert(sub).eval()
+            head = convert(sub).eval()
+            for p in head.parameters():  # gradients w.r.t. the activation only, never the weights
+                p.requires_grad_(False)
+            self._heads[tensor] = head
         return self._heads[tensor]
 
     def forward_with_activation(self, layer: str) -> LeafForward:
-        """``(x, needs_grad) -> (logits, activation)``: the backbone in onnxruntime, the head in torch."""
+        """``(x, needs_grad) -> (logits, activation)``: the backbone up to the layer in onnxruntime, the
+        head (which gives the logits and the gradient) in torch."""
         tensor = self.tensor_of(layer)
         head = self.head(tensor)
 
         def forward(x: torch.Tensor, needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-            _, activation = self._run(x, (tensor,))
+            (activation,) = self._run(x, (tensor,), backbone=True)
             leaf = torch.from_numpy(activation).to(x.device).requires_grad_(needs_grad)
             with torch.set_grad_enabled(needs_grad):
                 return head(leaf), leaf

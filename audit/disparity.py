@@ -36,7 +36,9 @@ other attributes (the marginal test) is kept, so the report can say when an effe
 
 from __future__ import annotations
 
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -234,7 +236,7 @@ def disparity_tests(
     dependent = outside_dependent(images, cfg).to_numpy(float) if with_cf else None
     measured = reliance_evidence(images).notna().to_numpy()  # images whose reliance was measured
     usable = (~images["zero_map"] & images["focus"].notna()).to_numpy()
-    rows = []
+    jobs: list[tuple[tuple, dict]] = []  # (arguments of _one, what the row also says)
     for col in columns:
         others = conditioning_columns(cfg, col)
         for group in sorted(images[col].astype(str).unique()):
@@ -249,20 +251,22 @@ def disparity_tests(
                 frame = images[sel]
                 focus = frame["focus"].to_numpy(float)
                 key = (col, group, FOCUS, cls)
-                rec = _one(cfg, frame, in_group_all[sel], focus, focus, others, key, n_perm, with_ci)
-                rec.update(base, test=FOCUS, explained=cls, judged=cls in judged_focus)
+                extra = {**base, "test": FOCUS, "explained": cls, "judged": cls in judged_focus}
                 if cls not in judged_focus:
-                    rec.update(p=np.nan, judged_on="not judged: absence class (data.absence_classes)")
-                rows.append(rec)
+                    extra.update(p=np.nan, judged_on="not judged: absence class (data.absence_classes)")
+                jobs.append(((cfg, frame, in_group_all[sel], focus, focus, others, key, n_perm, with_ci), extra))
             if with_cf:
                 compared = compared & measured
                 frame = images[compared]
                 dep = dependent[compared]
                 key = (col, group, RELIANCE)
                 # "lower is worse" for the test: rank the negated indicator
-                rec = _one(cfg, frame, in_group_all[compared], -dep, dep, others, key, n_perm, with_ci)
-                rec.update(base, test=RELIANCE, explained=ALL_CLASSES, judged=True)
-                rows.append(rec)
+                args = (cfg, frame, in_group_all[compared], -dep, dep, others, key, n_perm, with_ci)
+                jobs.append((args, {**base, "test": RELIANCE, "explained": ALL_CLASSES, "judged": True}))
+    # Each test draws from its own seed (seed_for), so running them side by side changes no number;
+    # numpy's permutations release the GIL, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+        rows = [{**rec, **extra} for rec, (_, extra) in zip(pool.map(lambda j: _one(*j[0]), jobs), jobs, strict=True)]
     tests = pd.DataFrame(rows)
     if tests.empty:
         return tests

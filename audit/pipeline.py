@@ -74,7 +74,7 @@ def preflight(cfg: AuditConfig) -> None:
         raise ConfigError(f"data.root: {cfg.data.data_root} is not a folder")
     if cfg.data.mask.coco is not None and not cfg.data.mask.coco.is_file():
         raise ConfigError(f"data.mask.coco: {cfg.data.mask.coco} not found")
-    _explainer(cfg)
+    explainer(cfg)
 
 
 def nothing_usable(cfg: AuditConfig, exclusions: pd.DataFrame, rows_read: int) -> NoReturn:
@@ -137,7 +137,7 @@ def build_method(explain: Explain, model: torch.nn.Module, layers: tuple[str, ..
 _PER_THREAD = threading.local()
 
 
-def _explainer(cfg: AuditConfig) -> Explainer:
+def explainer(cfg: AuditConfig) -> Explainer:
     """One model per worker thread, reused across its shards (a CAM's hooks capture one forward pass
     at a time: threads must not share a model); raises ConfigError when the model and the config
     disagree (number of classes, input size, layer)."""
@@ -339,7 +339,7 @@ def explain_shard(cfg: AuditConfig, shard: Path, fresh: bool = False) -> Path:
 def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
     """Explain one shard, batch by batch: read -> explain -> measure. Per-image records to
     ``*.result.parquet``, layer maps to ``*.maps.npz``, rows that could not be read to ``*.exclusions.csv``."""
-    ex = _explainer(cfg)
+    ex = explainer(cfg)
     reader = RowReader(cfg)
     results, excluded, map_ids, layer_maps = [], [], [], []
     bs = cfg.explain.batch_size
@@ -384,7 +384,7 @@ def sanity_check(cfg: AuditConfig) -> Path:
     if reason is not None:
         skipped_path.write_text(json.dumps({"skipped": reason}))
         return skipped_path
-    ex = _explainer(cfg)
+    ex = explainer(cfg)
     rows = included_rows(cfg)
     sample = rows.sample(n=min(s.sample, len(rows)), random_state=s.seed).sort_values("row")
     reader, xs = RowReader(cfg), []

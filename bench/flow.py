@@ -119,31 +119,29 @@ def child(config_path: str) -> None:
     }))  # fmt: skip
 
 
-def engine_rate(manifest: Path, weights: Path, threads: int, n: int = 512) -> float:
-    """Images/s of Grad-CAM alone (the same model, layer, batch of 32 and input size), on ``n`` images
-    decoded beforehand, with as many torch threads as the flow had workers."""
-    from audit.cam import GradCAM, PredictedClass
+def engine_rate(manifest: Path, weights: Path, threads: int, n: int = 512) -> tuple[float, str]:
+    """Images/s of Grad-CAM alone as the audit runs it (the same model, layer, backend, batch of 32
+    and input size), on ``n`` images decoded beforehand, with as many threads as the flow had workers;
+    and the backend it ran on."""
+    from audit.cam import PredictedClass
     from audit.config import load_config
     from audit.inputs import RowReader, to_tensor
-    from audit.models import build_torchvision
+    from audit.pipeline import explainer
 
-    torch.set_num_threads(threads)
-    model = build_torchvision("mobilenet_v3_small", 2)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
     cfg = load_config(config(weights.parent, manifest, weights, 0, "engine", threads))
+    cfg = cfg.model_copy(update={"explain": cfg.explain.model_copy(update={"threads": threads})})
+    ex = explainer(cfg)
     reader = RowReader(cfg)
     rows = pd.read_csv(manifest).head(n).to_dict("records")
     x = torch.stack([to_tensor(reader.read({**r, "row": i}).image, cfg.preprocessing) for i, r in enumerate(rows)])
-    cam = GradCAM(model, "features.8")
-    cam(x[:32], PredictedClass())  # warm-up
+    ex.method(x[:32], PredictedClass())  # warm-up
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         for b in range(0, len(x), 32):
-            cam(x[b : b + 32], PredictedClass())
+            ex.method(x[b : b + 32], PredictedClass())
         best = min(best, time.perf_counter() - start)
-    return len(x) / best
+    return len(x) / best, ex.backend.backend
 
 
 def run_one(path: Path) -> dict:
@@ -175,8 +173,8 @@ def main() -> None:
     runners = args.runners.split(",")
     print(f"{os.cpu_count()} cores; {args.workers} workers x 1 torch thread; torch {torch.__version__}")
     sizes = [int(s) for s in args.sizes.split(",")]
-    engine = engine_rate(audit_set(cache, sizes[0]), weights, args.workers)
-    print(f"Grad-CAM alone (same model, batch 32, {args.workers} torch threads): {engine:.0f} images/s")
+    engine, runtime = engine_rate(audit_set(cache, sizes[0]), weights, args.workers)
+    print(f"Grad-CAM alone (same model, backend {runtime}, batch 32, {args.workers} threads): {engine:.0f} images/s")
     head = f"{'images':>7} {'runner':>6} {'wall s':>7} {'images/s':>9} {'outside':>8} {'peak RSS flow MB':>17}"
     print(f"{head} {'all processes MB':>17}  verdict")
     rss = {}

@@ -15,7 +15,7 @@ from pycocotools import mask as coco_mask
 
 from audit.config import load_config
 from audit.inputs import RowReader
-from audit.pipeline import _explainer, explain_batch, measure, read_rows, run_audit
+from audit.pipeline import explain_batch, explainer, measure, read_rows, run_audit
 from tests.conftest import write_config
 
 
@@ -91,8 +91,8 @@ def test_the_explain_steps_run_alone(tiny_set: Path, tiny_model: Path, tmp_path:
     kept, samples, excluded = read_rows(RowReader(cfg), rows)
     assert [r["row"] for r in kept] == [1, 2, 4] and excluded[0]["row"] == 3 and "not found" in excluded[0]["reason"]
     assert samples[0].image.array.shape == (64, 64, 3) and samples[0].region.dtype == bool
-    e = explain_batch(cfg, _explainer(cfg), kept, samples)
+    e = explain_batch(cfg, explainer(cfg), kept, samples)
     assert e.cam.maps.shape == (3, 64, 64) and e.masks.shape == (3, 64, 64)
-    records = measure(cfg, _explainer(cfg), kept, samples, e)
+    records = measure(cfg, explainer(cfg), kept, samples, e)
     assert [r["row"] for r in records] == [1, 2, 4] and all(0 <= r["mass_in"] <= 1 for r in records)
     assert all(len(r["image_sha256"]) == 64 for r in records)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from audit import disparity
 from audit.config import AuditConfig, parse_config
 from audit.disparity import (
     STATUS_ATTENTION,
@@ -147,3 +148,14 @@ def test_the_verdict_rarely_fails_an_innocent_group_and_finds_a_planted_one() ->
     assert null["false_fails"] <= 3  # alpha = 0.025: expected at most 0.75 of 30; 4 or more: probability < 1 %
     planted = run_simulations(NullWorld(planted_site="site_c"), 20, seed=8)
     assert planted["detected"] >= 18 and planted["false_fails"] <= 3  # skin tone is concentrated in site c
+
+
+def test_tests_run_side_by_side_give_the_numbers_of_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = _world(300, seed=4)
+    cfg = _cfg(["site", "sex"])
+    monkeypatch.setattr(disparity.os, "cpu_count", lambda: 1)
+    one = disparity_tests(cfg, images, ["site", "sex"], n_perm=300)
+    monkeypatch.setattr(disparity.os, "cpu_count", lambda: 4)
+    four = disparity_tests(cfg, images, ["site", "sex"], n_perm=300)
+    assert len(one) > 4
+    pd.testing.assert_frame_equal(one, four, check_exact=True)

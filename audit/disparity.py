@@ -265,7 +265,7 @@ def disparity_tests(
                 jobs.append((args, {**base, "test": RELIANCE, "explained": ALL_CLASSES, "judged": True}))
     # Each test draws from its own seed (seed_for), so running them side by side changes no number;
     # numpy's permutations release the GIL, so threads use every core.
-    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(jobs), len(os.sched_getaffinity(0))) or 1) as pool:
         rows = [{**rec, **extra} for rec, (_, extra) in zip(pool.map(lambda j: _one(*j[0]), jobs), jobs, strict=True)]
     tests = pd.DataFrame(rows)
     if tests.empty:

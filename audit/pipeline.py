@@ -325,7 +325,8 @@ def explain_shard(cfg: AuditConfig, shard: Path, fresh: bool = False) -> Path:
     recomputes it anyway. Records whether it was reused in ``*.cache.json``."""
     rows = pd.read_parquet(shard)
     use_threads(cfg.explain)  # before the key: the thread count is part of it
-    cache, key = ShardCache.of(cfg), shard_key(cfg, rows)
+    runtime = explainer(cfg).backend  # so is the runtime the backend choice resolved to
+    cache, key = ShardCache.of(cfg), shard_key(cfg, rows, {"backend": runtime.backend, "export": runtime.export_sha256})
     reused = not fresh and cache.restore(key, shard)
     stored = reused
     if not reused:
@@ -435,7 +436,11 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     images["flagged"] = flag_images(images, cfg)
     images = add_intersections(cfg, images)  # saved, so the report and users see the same groups
     assert len(images) + len(exclusions) == rows_read, "a manifest row was lost"
-    layer = json.loads(shard_output(results[0], "layer.json").read_text())
+    layers = [json.loads(shard_output(r, "layer.json").read_text()) for r in results]
+    layer = layers[0]
+    runtimes = {json.dumps(x["backend"], sort_keys=True) for x in layers}
+    if len(runtimes) > 1:  # every worker makes the same deterministic choice; if not, say so, never mix silently
+        raise ConfigError(f"the shards of this run ran on different backends: {sorted(runtimes)}; set explain.backend")
     n_perm = permutations_needed(cfg, subgroup_columns(cfg), images)
     tests = disparity_tests(cfg, images, subgroup_columns(cfg), n_perm)
     table = subgroup_table(cfg, images, tests)
@@ -522,6 +527,7 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
         },
         "versions": versions(),
         "torch_threads": torch.get_num_threads(),
+        "backend": summary.get("backend"),
         "shards": shard_reuse(cfg),
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),

@@ -13,6 +13,8 @@ PACKAGES = (
     "torch",
     "torchvision",
     "onnxruntime",
+    "onnx",
+    "onnx2torch",
     "numpy",
     "pandas",
     "scipy",

@@ -3,7 +3,8 @@
 A shard's key is the SHA-256 of everything its outputs depend on: the model (checkpoint and, for a
 factory, its source file), the shard's rows (ids, labels, attributes, row numbers), the SHA-256 of
 every file those rows name, the config sections the explain stage reads, this package's source code,
-the versions of the libraries it computes with, and torch's thread count (it changes summation
+the versions of the libraries it computes with, torch's thread count and the runtime the backend
+chose (with the ONNX file's SHA-256) (it changes summation
 order). Equal keys mean equal outputs (the explain stage is deterministic), so a cached shard is
 copied, not recomputed; any change to one of these gives a new key. A shard whose files changed
 while it was being computed (its recorded image hashes differ from the key's) is not stored. Entries are written
@@ -84,8 +85,9 @@ class ShardKey:
     image_sha256: dict[int, str]
 
 
-def shard_key(cfg: AuditConfig, rows: pd.DataFrame) -> ShardKey:
-    """The content key of one shard under ``cfg`` in this process (see the module docstring)."""
+def shard_key(cfg: AuditConfig, rows: pd.DataFrame, runtime: dict | None = None) -> ShardKey:
+    """The content key of one shard under ``cfg`` in this process (see the module docstring);
+    ``runtime``: the backend the explainer chose (``explain.backend: auto`` may resolve either way)."""
     settings = json.loads(cfg.model_dump_json(exclude=set(NOT_IN_KEY)))
     reader = RowReader(cfg)
     files = [_files_of(reader, r) for r in rows.to_dict("records")]
@@ -93,6 +95,7 @@ def shard_key(cfg: AuditConfig, rows: pd.DataFrame) -> ShardKey:
         "code": code_sha256(),
         "versions": {k: v for k, v in versions().items() if k != "platform"},
         "torch_threads": torch.get_num_threads(),
+        "runtime": runtime,
         "model": [file_sha256(p) for p in model_files(cfg.model)],
         "coco": file_sha256(cfg.data.mask.coco) if cfg.data.mask.coco else None,
         "settings": settings,

@@ -16,6 +16,7 @@ from audit.cam.onnx import OnnxModel
 from audit.config import ConfigError, Explain, ModelSource, Preprocessing, load_config
 from audit.models import load_model
 from audit.pipeline import aggregate, build_method, explain_shard, prepare, sanity_check
+from audit.provenance import sha256_file
 from tests.conftest import write_config
 
 PRE = Preprocessing(size=(64, 64))
@@ -83,6 +84,20 @@ def test_the_export_cache_keys_on_the_weights(tiny_model: Path, tmp_path: Path) 
     src2 = src.model_copy(update={"checkpoint": other})
     second, _ = _choose(load_model(src2), src2, tmp_path)
     assert first.path != second.path and len(list((tmp_path / "onnx").iterdir())) == 2
+
+
+def test_a_damaged_cached_export_is_exported_again_and_the_key_covers_the_input(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    model, src = _tiny(tiny_model)
+    first, _ = _choose(model, src, tmp_path)
+    first.path.write_bytes(b"not an onnx file")
+    again, choice = _choose(model, src, tmp_path)
+    assert choice.backend == "onnx" and again.path == first.path and first.path.stat().st_size > 1000
+    assert choice.export_sha256 == sha256_file(first.path)
+    key = backend.export_key(model, src, PRE)
+    assert key != backend.export_key(model, src, Preprocessing(size=(32, 32)))
+    assert key != backend.export_key(model, src, Preprocessing(size=(64, 64), channels=1, mean=(0.5,), std=(0.5,)))
 
 
 def test_an_export_that_differs_from_torch_falls_back_with_the_reason(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ tensor name is accepted too. The model runs on CPU through onnxruntime.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+_CONVERTING = threading.Lock()
 LeafForward = Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -185,6 +187,10 @@ class OnnxModel:
 
     def head(self, tensor: str) -> nn.Module:
         """The subgraph from ``tensor`` to the logits, as a differentiable torch module."""
+        with _CONVERTING:  # onnx2torch's converter registry is global: one conversion at a time
+            return self._head(tensor)
+
+    def _head(self, tensor: str) -> nn.Module:
         if tensor not in self._heads:
             from onnx2torch import convert
 

@@ -36,15 +36,13 @@ other attributes (the marginal test) is kept, so the report can say when an effe
 
 from __future__ import annotations
 
-import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 
 from audit.config import AuditConfig
-from audit.stats import adjust, difference_ci, stratified_permutation_test
+from audit.stats import adjust, difference_ci, side_by_side, stratified_permutation_test
 
 N_PERM = 10000
 # Neutralisations whose probability drop counts as evidence taken from outside the region, most
@@ -263,10 +261,8 @@ def disparity_tests(
                 # "lower is worse" for the test: rank the negated indicator
                 args = (cfg, frame, in_group_all[compared], -dep, dep, others, key, n_perm, with_ci)
                 jobs.append((args, {**base, "test": RELIANCE, "explained": ALL_CLASSES, "judged": True}))
-    # Each test draws from its own seed (seed_for), so running them side by side changes no number;
-    # numpy's permutations release the GIL, so threads use every core.
-    with ThreadPoolExecutor(max_workers=min(len(jobs), len(os.sched_getaffinity(0))) or 1) as pool:
-        rows = [{**rec, **extra} for rec, (_, extra) in zip(pool.map(lambda j: _one(*j[0]), jobs), jobs, strict=True)]
+    records = side_by_side(lambda job: _one(*job[0]), jobs)  # each test has its own seed
+    rows = [{**rec, **extra} for rec, (_, extra) in zip(records, jobs, strict=True)]
     tests = pd.DataFrame(rows)
     if tests.empty:
         return tests

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import stats
 from skimage.measure import label
 
 Array = torch.Tensor | np.ndarray
@@ -80,26 +79,58 @@ def focus(maps: Array, masks: Array) -> torch.Tensor:
     return mass_in(maps, masks) / area(masks)
 
 
-def _top_k_hits(values: torch.Tensor, inside: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+class Ranked:
+    """Each image's values sorted once (ascending, with the order), shared by the metrics that rank
+    pixels: rank accuracy, top-k and pixel AUROC each sorted the same map on their own before."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values  # (B, N) float64
+        self.sorted, self.order = values.sort(dim=1)
+
+    def kth_largest(self, k: torch.Tensor) -> torch.Tensor:
+        """The k-th largest value per row (k >= 1; k = 0 reads as 1), shape (B, 1)."""
+        n = self.values.shape[1]
+        return self.sorted.gather(1, (n - k.clamp_min(1))[:, None])
+
+    def average_ranks(self) -> torch.Tensor:
+        """1-based ranks in sorted order, ties given the mean of their places (scipy's ``average``)."""
+        v = self.sorted
+        n = v.shape[1]
+        places = torch.arange(n, device=v.device).expand_as(v)
+        differs = v[:, 1:] != v[:, :-1]
+        starts = torch.ones_like(v, dtype=torch.bool)
+        starts[:, 1:] = differs
+        ends = torch.ones_like(v, dtype=torch.bool)
+        ends[:, :-1] = differs
+        first = torch.where(starts, places, 0).cummax(dim=1).values
+        last = torch.where(ends, places, n - 1).flip(1).cummin(dim=1).values.flip(1)
+        return (first + last).double() / 2 + 1
+
+
+def _top_k_hits(ranked: Ranked, inside: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Expected number of ``inside`` pixels among the ``k`` highest values (per row), with the
     places left at the cut shared evenly among the pixels tied there."""
-    kth = values.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp_min(0)[:, None])
+    values, kth = ranked.values, ranked.kth_largest(k)
     above, at = values > kth, values == kth
     places_left = (k - above.sum(dim=1)).double()
     return (above & inside).sum(dim=1) + places_left * (at & inside).sum(dim=1) / at.sum(dim=1)
 
 
-def rank_accuracy(maps: Array, masks: Array) -> torch.Tensor:
+def _ranked(m: torch.Tensor, ranked: Ranked | None) -> Ranked:
+    return ranked if ranked is not None else Ranked(m.flatten(1))
+
+
+def rank_accuracy(maps: Array, masks: Array, ranked: Ranked | None = None) -> torch.Tensor:
     """Relevance Rank Accuracy: with K = |mask|, the share of the K highest-valued pixels inside the
     mask. A uniform ranking scores the mask's area on average; 1 = the mask is exactly the top K."""
     m, k, undefined = _prepare(maps, masks)
-    values, inside = m.flatten(1), k.flatten(1)
+    inside = k.flatten(1)
     size = inside.sum(dim=1)
-    acc = _top_k_hits(values, inside, size) / size.clamp_min(1)
+    acc = _top_k_hits(_ranked(m, ranked), inside, size) / size.clamp_min(1)
     return torch.where(undefined, torch.nan, acc)
 
 
-def top_k_intersection(maps: Array, masks: Array, k: int | float) -> torch.Tensor:
+def top_k_intersection(maps: Array, masks: Array, k: int | float, ranked: Ranked | None = None) -> torch.Tensor:
     """Share of the k highest-valued pixels inside the mask; ``k`` a pixel count (int) or a share of
     the image's pixels (float in (0, 1]), so one setting serves every image size."""
     m, s, undefined = _prepare(maps, masks)
@@ -108,7 +139,7 @@ def top_k_intersection(maps: Array, masks: Array, k: int | float) -> torch.Tenso
     count = round(k * n) if isinstance(k, float) else int(k)
     if not 1 <= count <= n:
         raise ValueError(f"top-k: k = {k} selects {count} of {n} pixels; it must select at least one and at most all")
-    hits = _top_k_hits(values, inside, torch.full((len(values),), count, device=values.device))
+    hits = _top_k_hits(_ranked(m, ranked), inside, torch.full((len(values),), count, device=values.device))
     return torch.where(undefined, torch.nan, hits / count)
 
 
@@ -140,18 +171,19 @@ def energy_pointing(maps: Array, masks: Array) -> torch.Tensor:
     return mass_in(maps, bounding_boxes(masks))
 
 
-def pixel_auroc(maps: Array, masks: Array) -> torch.Tensor:
+def pixel_auroc(maps: Array, masks: Array, ranked: Ranked | None = None) -> torch.Tensor:
     """AUROC of the map's values as a score for 'pixel is in the mask' (ties count one half); NaN for
-    a zero map and for an empty or full mask (one class only)."""
+    a zero map and for an empty or full mask (one class only). Mann-Whitney from average ranks: sums
+    of half-integers, exact in float64 in any order."""
     m, k, undefined = _prepare(maps, masks)
-    values, inside = m.flatten(1).cpu().numpy(), k.flatten(1).cpu().numpy()
-    ranks = stats.rankdata(values, axis=1)
-    n_pos = inside.sum(axis=1).astype(np.float64)
+    ranked = _ranked(m, ranked)
+    inside = k.flatten(1)
+    rank_sum = (ranked.average_ranks() * inside.gather(1, ranked.order)).sum(dim=1)
+    n_pos = inside.sum(dim=1).double()
     n_neg = inside.shape[1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * inside).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    out = torch.as_tensor(auc, dtype=torch.float64)
-    return torch.where(undefined.cpu() | torch.as_tensor(n_neg == 0), torch.nan, out).to(m.device)
+    auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    nothing = undefined | (n_neg == 0) | ranked.values.isnan().any(dim=1)
+    return torch.where(nothing, torch.nan, auc)
 
 
 def bbox_iou(maps: Array, masks: Array, threshold: float = 0.15) -> torch.Tensor:
@@ -175,14 +207,15 @@ def bbox_iou(maps: Array, masks: Array, threshold: float = 0.15) -> torch.Tensor
 
 def localisation(maps: Array, masks: Array, top_k: int | float, bbox_threshold: float) -> dict[str, torch.Tensor]:
     """Every per-image metric of :data:`MEANINGS`, plus ``area``, as columns."""
+    ranked = Ranked(_prepare(maps, masks)[0].flatten(1))
     return {
         "mass_in": mass_in(maps, masks),
         "area": area(masks),
         "focus": focus(maps, masks),
-        "rank_accuracy": rank_accuracy(maps, masks),
+        "rank_accuracy": rank_accuracy(maps, masks, ranked),
         "pointing_hit": pointing_hit(maps, masks),
         "energy_pointing": energy_pointing(maps, masks),
-        "top_k": top_k_intersection(maps, masks, top_k),
-        "pixel_auroc": pixel_auroc(maps, masks),
+        "top_k": top_k_intersection(maps, masks, top_k, ranked),
+        "pixel_auroc": pixel_auroc(maps, masks, ranked),
         "bbox_iou": bbox_iou(maps, masks, bbox_threshold),
     }

@@ -47,7 +47,7 @@ from audit.runfolder import RunFolder, atomic, load_run, shard_output
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.shardcache import ShardCache, shard_key
-from audit.stats import proportion_ci
+from audit.stats import proportion_ci, side_by_side
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
 from audit.tables import write_csv
 from audit.verdict import decide, flag_images, nan_to_none
@@ -456,8 +456,8 @@ def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     if (work / "sanity.csv").is_file():
         shutil.copyfile(work / "sanity.csv", folder.sanity)
     overall = {}
-    for metric in metrics.MEANINGS:
-        m, lo, hi = mean_ci(cfg, images[metric], "all", metric)
+    cis = side_by_side(lambda metric: mean_ci(cfg, images[metric], "all", metric), list(metrics.MEANINGS))
+    for metric, (m, lo, hi) in zip(metrics.MEANINGS, cis, strict=True):
         overall[metric] = {
             "mean": nan_to_none(m),
             "ci_low": nan_to_none(lo),

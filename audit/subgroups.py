@@ -32,6 +32,7 @@ from audit.stats import (
     ovr_auroc,
     ovr_auroc_ci,
     proportion_ci,
+    side_by_side,
 )
 from audit.verdict import nan_to_none
 
@@ -110,58 +111,60 @@ def _performance_gaps(cfg: AuditConfig, g: pd.DataFrame, ref: pd.DataFrame, *key
     return out
 
 
+def _group_row(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> dict[str, object]:
+    """One group's row of :func:`subgroup_table`."""
+    in_group_all = (images[col].astype(str) == group).to_numpy()
+    g = images[in_group_all]
+    n = len(g)
+    located = localised(g)
+    n_loc = int(located.sum())
+    rec: dict[str, object] = {
+        "column": col,
+        "group": group,
+        "n": n,
+        "n_localised": n_loc,
+        "n_judged": int((~g["zero_map"] & located).sum()),
+    }
+    for metric in metrics.MEANINGS:
+        m, lo, hi = mean_ci(cfg, g[metric], col, group, metric)
+        rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
+        rec[f"{metric}_median"] = float(g[metric].median())
+    rec["area_mean"] = float(g["area"].mean())
+    for name, mask in (("flagged", g["flagged"]), ("flagged_correct", g["flagged"] & g["correct"])):
+        k = int(mask.sum())
+        lo, hi = proportion_ci(k, n_loc, cfg.stats.ci_level)
+        share = k / n_loc if n_loc else np.nan
+        rec.update({name: k, f"{name}_share": share, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+    rec.update(_performance(cfg, g, col, group))
+    if has_counterfactual(g):
+        measured = reliance_evidence(g).notna()
+        n_cf = int(measured.sum())
+        k = int(outside_dependent(g, cfg)[measured].sum())
+        lo, hi = proportion_ci(k, n_cf, cfg.stats.ci_level)
+        rec["outside_drop_mean"] = float(outside_drop(g).mean())
+        rec.update(outside_dependent=k, outside_dependent_share=k / n_cf if n_cf else np.nan)
+        rec.update(outside_dependent_ci_low=lo, outside_dependent_ci_high=hi)
+    if "artifact_delta" in g:
+        rec["artifact_delta_mean"] = float(g["artifact_delta"].mean())
+        rec["mass_artifact_mean"] = float(g["mass_artifact"].mean())
+    if "counterfactual_delta" in g:
+        rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
+        rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
+    reference, ref_name = reference_mask(cfg, images, col, group)
+    rec["reference"] = ref_name
+    if ref_name != group:
+        rec.update(_performance_gaps(cfg, g, images[reference], col, group))
+    return rec
+
+
 def subgroup_table(cfg: AuditConfig, images: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
     """One row per (column, group) of :func:`subgroup_columns`; ``images`` must already hold the
     intersection columns (:func:`add_intersections`). Per group: n, mean (bootstrap CI) and median of
     every localisation metric, flagged share and the flagged-and-correct share (right for the wrong reason)
     with Wilson CIs, performance, the outside-dependent share, and the status that the disparity
     ``tests`` (:func:`audit.disparity.disparity_tests`) give the group."""
-    columns = subgroup_columns(cfg)
-    rows = []
-    for col in columns:
-        for group in sorted(images[col].astype(str).unique()):
-            in_group_all = (images[col].astype(str) == group).to_numpy()
-            g = images[in_group_all]
-            n = len(g)
-            located = localised(g)
-            n_loc = int(located.sum())
-            rec: dict[str, object] = {
-                "column": col,
-                "group": group,
-                "n": n,
-                "n_localised": n_loc,
-                "n_judged": int((~g["zero_map"] & located).sum()),
-            }
-            for metric in metrics.MEANINGS:
-                m, lo, hi = mean_ci(cfg, g[metric], col, group, metric)
-                rec.update({f"{metric}_mean": m, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
-                rec[f"{metric}_median"] = float(g[metric].median())
-            rec["area_mean"] = float(g["area"].mean())
-            for name, mask in (("flagged", g["flagged"]), ("flagged_correct", g["flagged"] & g["correct"])):
-                k = int(mask.sum())
-                lo, hi = proportion_ci(k, n_loc, cfg.stats.ci_level)
-                share = k / n_loc if n_loc else np.nan
-                rec.update({name: k, f"{name}_share": share, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
-            rec.update(_performance(cfg, g, col, group))
-            if has_counterfactual(g):
-                measured = reliance_evidence(g).notna()
-                n_cf = int(measured.sum())
-                k = int(outside_dependent(g, cfg)[measured].sum())
-                lo, hi = proportion_ci(k, n_cf, cfg.stats.ci_level)
-                rec["outside_drop_mean"] = float(outside_drop(g).mean())
-                rec.update(outside_dependent=k, outside_dependent_share=k / n_cf if n_cf else np.nan)
-                rec.update(outside_dependent_ci_low=lo, outside_dependent_ci_high=hi)
-            if "artifact_delta" in g:
-                rec["artifact_delta_mean"] = float(g["artifact_delta"].mean())
-                rec["mass_artifact_mean"] = float(g["mass_artifact"].mean())
-            if "counterfactual_delta" in g:
-                rec["counterfactual_delta_mean"] = float(g["counterfactual_delta"].mean())
-                rec["counterfactual_flip_share"] = float(g["counterfactual_flips"].mean())
-            reference, ref_name = reference_mask(cfg, images, col, group)
-            rec["reference"] = ref_name
-            if ref_name != group:
-                rec.update(_performance_gaps(cfg, g, images[reference], col, group))
-            rows.append(rec)
+    pairs = [(col, group) for col in subgroup_columns(cfg) for group in sorted(images[col].astype(str).unique())]
+    rows = side_by_side(lambda pair: _group_row(cfg, images, *pair), pairs)  # each CI has its own seed
     table = pd.DataFrame(rows)
     if table.empty:
         return table

@@ -148,3 +148,25 @@ def test_empty_mask_and_zero_map_are_nan_for_every_map_metric() -> None:
 def test_pixel_auroc_of_a_full_mask_is_nan() -> None:
     maps, _ = _worked_example()
     assert math.isnan(metrics.pixel_auroc(maps, np.ones((1, 6, 6), bool)).item())
+
+
+def test_one_shared_sort_gives_the_rank_metrics_of_their_definitions() -> None:
+    """localisation() sorts each map once for rank accuracy, top-k and pixel AUROC; the results are
+    exactly those of scipy's average ranks and of a descending sort per metric, ties included."""
+    from scipy import stats as sps
+
+    g = torch.Generator().manual_seed(7)
+    maps = torch.randint(0, 5, (6, 16, 16), generator=g).double()  # heavy ties
+    masks = torch.rand(6, 16, 16, generator=g) < torch.rand(6, 1, 1, generator=g)
+    cols = metrics.localisation(maps, masks, 0.1, 0.15)
+    values, inside = maps.flatten(1).numpy(), masks.flatten(1).numpy()
+    ranks = sps.rankdata(values, axis=1)
+    n_pos = inside.sum(axis=1).astype(np.float64)
+    expected = ((ranks * inside).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * (inside.shape[1] - n_pos))
+    assert np.array_equal(cols["pixel_auroc"].numpy(), expected)
+    for i in range(len(maps)):  # rank accuracy: expected hits among the K largest, ties shared
+        k = int(inside[i].sum())
+        kth = np.sort(values[i])[::-1][k - 1]
+        above, at = values[i] > kth, values[i] == kth
+        hits = (above & inside[i]).sum() + (k - above.sum()) * (at & inside[i]).sum() / at.sum()
+        assert cols["rank_accuracy"][i].item() == hits / k

@@ -51,3 +51,18 @@ def test_the_check_is_judged_once_the_top_steps_are_all_random_averaged_over_dra
     one = parameter_randomisation(model, lambda m: GradCAM(m, "layer4"), x, seed=3, draws=1)
     two = parameter_randomisation(model, lambda m: GradCAM(m, "layer4"), x, seed=3, draws=2)
     assert (two["draws"] == 2).all() and not np.allclose(one["spearman"], two["spearman"])
+
+
+def test_batched_spearman_is_scipys_with_ties_and_constant_maps() -> None:
+    from scipy import stats as sps
+
+    from audit.sanity import _ranks, spearman
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(0, 6, (5, 12, 12), generator=g).double()  # ties everywhere
+    b = a + torch.randint(-2, 3, (5, 12, 12), generator=g).double()
+    b[4] = 0.0  # a map that randomising made constant: no rank order, rho = 0
+    rho = spearman(_ranks(a), _ranks(b))
+    expected = [sps.spearmanr(a[i].ravel(), b[i].ravel()).statistic for i in range(4)]
+    np.testing.assert_allclose(rho[:4], expected, rtol=0, atol=1e-12)
+    assert rho[4] == 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +90,7 @@ def nothing_usable(cfg: AuditConfig, exclusions: pd.DataFrame, rows_read: int) -
 def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
     """Check the config against the model, claim the run folder, check the manifest, record
     exclusions, and split the usable rows into shard files."""
+    start = time.perf_counter()
     preflight(cfg)
     RunFolder(cfg.run_dir).claim(overwrite)
     work = work_dir(cfg)
@@ -104,6 +106,7 @@ def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
         path = work / f"shard_{i:04d}.parquet"
         inc.iloc[start : start + size].astype({"row": "int64"}).to_parquet(path, index=False)
         shards.append(path)
+    RunFolder(cfg.run_dir).record_time("prepare", time.perf_counter() - start)
     return shards
 
 
@@ -323,6 +326,7 @@ def explain_shard(cfg: AuditConfig, shard: Path, fresh: bool = False) -> Path:
     """Explain one shard, or copy its outputs from the shard cache when a shard with the same content
     key (model, rows, files, settings, code: :mod:`audit.shardcache`) finished before; ``fresh``
     recomputes it anyway. Records whether it was reused in ``*.cache.json``."""
+    start = time.perf_counter()
     rows = pd.read_parquet(shard)
     use_threads(cfg.explain)  # before the key: the thread count is part of it
     runtime = explainer(cfg).backend  # so is the runtime the backend choice resolved to
@@ -332,7 +336,7 @@ def explain_shard(cfg: AuditConfig, shard: Path, fresh: bool = False) -> Path:
     if not reused:
         compute_shard(cfg, shard, rows.to_dict("records"))
         stored = cache.store(key, shard)
-    mark = {"key": key.key, "reused": reused, "stored": stored}
+    mark = {"key": key.key, "reused": reused, "stored": stored, "seconds": round(time.perf_counter() - start, 2)}
     shard_output(shard, "cache.json").write_text(json.dumps(mark))
     return shard_output(shard, "result.parquet")
 
@@ -372,6 +376,14 @@ def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
 def sanity_check(cfg: AuditConfig) -> Path:
     """Cascading parameter randomisation on a seeded sample of the included images, written to
     ``work/sanity.csv`` (one row per step), or the reason it did not run to ``work/sanity.json``."""
+    start = time.perf_counter()
+    try:
+        return _sanity_check(cfg)
+    finally:
+        RunFolder(cfg.run_dir).record_time("sanity", time.perf_counter() - start)
+
+
+def _sanity_check(cfg: AuditConfig) -> Path:
     work = work_dir(cfg)
     table_path, skipped_path = work / "sanity.csv", work / "sanity.json"
     table_path.unlink(missing_ok=True)
@@ -417,6 +429,14 @@ def _sanity_result(cfg: AuditConfig) -> dict:
 # --------------------------------------------------------------------------- aggregate
 def aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     """Merge shards into images.parquet, subgroups.csv, exclusions.csv and a summary."""
+    start = time.perf_counter()
+    try:
+        return _aggregate(cfg, results)
+    finally:
+        RunFolder(cfg.run_dir).record_time("aggregate", time.perf_counter() - start)
+
+
+def _aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     work, run, folder = work_dir(cfg), cfg.run_dir, RunFolder(cfg.run_dir)
     frames = [pd.read_parquet(p) for p in results]
     images = (
@@ -529,6 +549,7 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
         "torch_threads": torch.get_num_threads(),
         "backend": summary.get("backend"),
         "shards": shard_reuse(cfg),
+        "seconds": stage_seconds(cfg),
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
         "verdict": summary["verdict"],
@@ -536,6 +557,16 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
     path = RunFolder(cfg.run_dir).info
     path.write_text(json.dumps(info, indent=2))
     return path
+
+
+def stage_seconds(cfg: AuditConfig) -> dict:
+    """Wall seconds of the stages before rendering; the shards' explain time summed over shards
+    (they may run side by side, so it can exceed the run's wall time)."""
+    folder = RunFolder(cfg.run_dir)
+    times = json.loads(folder.timings.read_text()) if folder.timings.is_file() else {}
+    marks = [json.loads(p.read_text()) for p in sorted(folder.work.glob("shard_????.cache.json"))]
+    times["explain_sum_over_shards"] = round(sum(m.get("seconds", 0.0) for m in marks), 2)
+    return times
 
 
 def shard_reuse(cfg: AuditConfig) -> dict:

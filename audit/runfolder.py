@@ -86,6 +86,16 @@ class RunFolder:
                 self.config, self.maps, self.cases_index, self.sanity, self.html, self.pdf)  # fmt: skip
 
     @property
+    def timings(self) -> Path:  # seconds per stage, for run.json: {"prepare", "sanity", "aggregate"}
+        return self.work / "timings.json"
+
+    def record_time(self, stage: str, seconds: float) -> None:
+        """Add one stage's wall time (the stages run one after another; shards keep their own)."""
+        times = json.loads(self.timings.read_text()) if self.timings.is_file() else {}
+        times[stage] = round(seconds, 2)
+        self.timings.write_text(json.dumps(times))
+
+    @property
     def owner(self) -> Path:  # which process is writing the run: {"pid", "host"}
         return self.work / ".owner.json"
 

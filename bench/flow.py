@@ -15,7 +15,8 @@ both with one torch thread per worker (``explain.threads: 1``: the same arithmet
 must be byte-identical) and ``--fresh`` (every shard computed, none from the shard cache). Printed:
 Grad-CAM's own rate on the same model and batch (images decoded beforehand, ``--workers`` torch
 threads), then per run the wall time, images/s end to end, the share of wall time outside the engine
-(1 - (images / engine rate) / wall), peak RSS of the flow process and the peak of the summed RSS of it and
+(1 - (images / engine rate) / wall), the stage times the run recorded (``run.json``), peak RSS of the
+flow process and the peak of the summed RSS of it and
 all its descendants (Prefect's server, Dask's scheduler and workers), and whether ``images.parquet``
 and ``subgroups.csv`` are identical between the runners.
 """
@@ -144,6 +145,16 @@ def engine_rate(manifest: Path, weights: Path, threads: int, n: int = 512) -> tu
     return len(x) / best, ex.backend.backend
 
 
+def stages(run_dir: str, wall: float, workers: int) -> str:
+    """Where the wall time went, from the stage times the run recorded in run.json."""
+    t = json.loads((Path(run_dir) / "run.json").read_text())["seconds"]
+    explain = t["explain_sum_over_shards"]
+    rest = wall - (t["prepare"] + explain / workers + t["sanity"] + t["aggregate"])
+    return (f"{'':>15}stages: prepare {t['prepare']:.1f} s, explain {explain:.1f} s summed over shards "
+            f"(~{explain / workers:.1f} s on {workers} workers), sanity {t['sanity']:.1f} s, "
+            f"aggregate {t['aggregate']:.1f} s; imports, Prefect and the report: ~{rest:.1f} s")  # fmt: skip
+
+
 def run_one(path: Path) -> dict:
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     out = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, env=env)
@@ -187,6 +198,7 @@ def main() -> None:
             outside = 1 - (n / engine) / r["wall_s"]
             print(f"{n:>7} {runner:>6} {r['wall_s']:>7.1f} {n / r['wall_s']:>9.1f} {outside:>8.0%} "
                   f"{r['rss_self_mb']:>17.0f} {r['rss_tree_mb']:>17.0f}  {r['verdict']}", flush=True)  # fmt: skip
+            print(stages(r["run_dir"], r["wall_s"], args.workers), flush=True)
         rss[n] = {k: r["rss_self_mb"] for k, r in results.items()}
         if {"local", "dask"} <= set(results):
             same = outputs(results["local"]["run_dir"]) == outputs(results["dask"]["run_dir"])

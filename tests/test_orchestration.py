@@ -113,6 +113,9 @@ def test_a_killed_run_started_again_recomputes_only_unfinished_shards(
     assert again.exit_code == 0, again.output
     info = json.loads((run / "run.json").read_text())["shards"]
     assert info["total"] == 24 and info["reused"] >= finished_before_kill and info["computed"] >= 1
+    seconds = json.loads((run / "run.json").read_text())["seconds"]  # where the time went, per stage
+    assert set(seconds) == {"prepare", "explain_sum_over_shards", "sanity", "aggregate"}
+    assert seconds["explain_sum_over_shards"] > 0 and seconds["aggregate"] > 0
     assert f"reused {info['reused']} of 24 shards" in again.output
 
     reference = write_config(tmp_path / "r.yaml", tiny_set, tiny_model, run_name="uninterrupted", **settings)

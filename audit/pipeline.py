@@ -90,7 +90,7 @@ def nothing_usable(cfg: AuditConfig, exclusions: pd.DataFrame, rows_read: int) -
 def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
     """Check the config against the model, claim the run folder, check the manifest, record
     exclusions, and split the usable rows into shard files."""
-    start = time.perf_counter()
+    began = time.perf_counter()
     preflight(cfg)
     RunFolder(cfg.run_dir).claim(overwrite)
     work = work_dir(cfg)
@@ -106,7 +106,7 @@ def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
         path = work / f"shard_{i:04d}.parquet"
         inc.iloc[start : start + size].astype({"row": "int64"}).to_parquet(path, index=False)
         shards.append(path)
-    RunFolder(cfg.run_dir).record_time("prepare", time.perf_counter() - start)
+    RunFolder(cfg.run_dir).record_time("prepare", time.perf_counter() - began)
     return shards
 
 

@@ -560,12 +560,13 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
 
 
 def stage_seconds(cfg: AuditConfig) -> dict:
-    """Wall seconds of the stages before rendering; the shards' explain time summed over shards
-    (they may run side by side, so it can exceed the run's wall time)."""
+    """Wall seconds of the stages before rendering; the computed shards' time summed over shards (they
+    may run side by side, so it can exceed the run's wall time), and the time spent copying cached ones."""
     folder = RunFolder(cfg.run_dir)
     times = json.loads(folder.timings.read_text()) if folder.timings.is_file() else {}
     marks = [json.loads(p.read_text()) for p in sorted(folder.work.glob("shard_????.cache.json"))]
-    times["explain_sum_over_shards"] = round(sum(m.get("seconds", 0.0) for m in marks), 2)
+    times["explain_sum_over_shards"] = round(sum(m.get("seconds", 0.0) for m in marks if not m["reused"]), 2)
+    times["restored_shards"] = round(sum(m.get("seconds", 0.0) for m in marks if m["reused"]), 2)
     return times
 
 

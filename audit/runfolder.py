@@ -90,10 +90,15 @@ class RunFolder:
         return self.work / "timings.json"
 
     def record_time(self, stage: str, seconds: float) -> None:
-        """Add one stage's wall time (the stages run one after another; shards keep their own)."""
-        times = json.loads(self.timings.read_text()) if self.timings.is_file() else {}
-        times[stage] = round(seconds, 2)
-        self.timings.write_text(json.dumps(times))
+        """Add one stage's wall time (the stages run one after another; shards keep their own). Never
+        raises: a timing must not replace the error of the stage it timed."""
+        try:
+            times = json.loads(self.timings.read_text()) if self.timings.is_file() else {}
+            times[stage] = round(seconds, 2)
+            with atomic(self.timings) as tmp:
+                tmp.write_text(json.dumps(times))
+        except (OSError, ValueError):
+            return
 
     @property
     def owner(self) -> Path:  # which process is writing the run: {"pid", "host"}

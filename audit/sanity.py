@@ -55,17 +55,19 @@ def _ranks(maps: torch.Tensor) -> torch.Tensor:
     """Average ranks of each map's values (B, N), ties sharing their places, as scipy ranks them."""
     flat = maps.flatten(1).double()
     ranked = Ranked(flat)
-    return torch.empty_like(flat).scatter_(1, ranked.order, ranked.average_ranks())
+    ranks = torch.empty_like(flat).scatter_(1, ranked.order, ranked.average_ranks())
+    return torch.where(flat.isnan().any(dim=1, keepdim=True), torch.nan, ranks)  # no order: rho = 0
 
 
 def spearman(a_ranks: torch.Tensor, b_ranks: torch.Tensor) -> np.ndarray:
     """Spearman's rho per row: Pearson's correlation of the ranks (one batch, not one scipy call per
-    image pair). A constant map (all zero after randomising) has no rank order: rho = 0."""
+    image pair). A constant map (all zero after randomising) or one with NaN has no rank order: rho = 0."""
     a = a_ranks - a_ranks.mean(dim=1, keepdim=True)
     b = b_ranks - b_ranks.mean(dim=1, keepdim=True)
     scale = (a.square().sum(dim=1) * b.square().sum(dim=1)).sqrt()
     rho = (a * b).sum(dim=1) / scale
-    return torch.where(scale > 0, rho, 0.0).numpy()
+    defined = (scale > 0) & ~(a_ranks.isnan().any(dim=1) | b_ranks.isnan().any(dim=1))
+    return torch.where(defined, rho, 0.0).numpy()
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -224,12 +224,23 @@ def ovr_auroc_ci(
     return _percentiles(np.concatenate(draws), level)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else every core)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 def side_by_side(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """``[fn(x) for x in items]`` on a thread pool, in order. For statistics that each draw from their
     own seed (``seed_for``), so running them side by side changes no number; numpy's resampling and
-    permutations release the GIL, so the threads use every core this process may use."""
-    workers = min(len(items), len(os.sched_getaffinity(0)))
+    permutations release the GIL, so the threads use every core this process may use. The first
+    error cancels what has not started."""
+    workers = min(len(items), usable_cpus())
     if workers <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -147,12 +147,13 @@ def engine_rate(manifest: Path, weights: Path, threads: int, n: int = 512) -> tu
 
 def stages(run_dir: str, wall: float, workers: int) -> str:
     """Where the wall time went, from the stage times the run recorded in run.json."""
-    t = json.loads((Path(run_dir) / "run.json").read_text())["seconds"]
-    explain = t["explain_sum_over_shards"]
-    rest = wall - (t["prepare"] + explain / workers + t["sanity"] + t["aggregate"])
-    return (f"{'':>15}stages: prepare {t['prepare']:.1f} s, explain {explain:.1f} s summed over shards "
-            f"(~{explain / workers:.1f} s on {workers} workers), sanity {t['sanity']:.1f} s, "
-            f"aggregate {t['aggregate']:.1f} s; imports, Prefect and the report: ~{rest:.1f} s")  # fmt: skip
+    t = json.loads((Path(run_dir) / "run.json").read_text()).get("seconds", {})
+    explain, prepare, sanity, aggregate = (t.get(k, 0.0) for k in ("explain_sum_over_shards", "prepare", "sanity",
+                                                                    "aggregate"))  # fmt: skip
+    rest = wall - (prepare + explain / workers + sanity + aggregate)
+    return (f"{'':>15}stages: prepare {prepare:.1f} s, explain {explain:.1f} s summed over shards "
+            f"(~{explain / workers:.1f} s on {workers} workers), sanity {sanity:.1f} s, "
+            f"aggregate {aggregate:.1f} s; imports, Prefect and the report: ~{rest:.1f} s (estimate)")  # fmt: skip
 
 
 def run_one(path: Path) -> dict:

@@ -153,9 +153,9 @@ def test_the_verdict_rarely_fails_an_innocent_group_and_finds_a_planted_one() ->
 def test_tests_run_side_by_side_give_the_numbers_of_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     images = _world(300, seed=4)
     cfg = _cfg(["site", "sex"])
-    monkeypatch.setattr(stats.os, "sched_getaffinity", lambda _: {0})
+    monkeypatch.setattr(stats, "usable_cpus", lambda: 1)
     one = disparity_tests(cfg, images, ["site", "sex"], n_perm=300)
-    monkeypatch.setattr(stats.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    monkeypatch.setattr(stats, "usable_cpus", lambda: 4)
     four = disparity_tests(cfg, images, ["site", "sex"], n_perm=300)
     assert len(one) > 4
     pd.testing.assert_frame_equal(one, four, check_exact=True)

@@ -115,7 +115,7 @@ def test_a_killed_run_started_again_recomputes_only_unfinished_shards(
     info = json.loads((run / "run.json").read_text())["shards"]
     assert info["total"] == 24 and info["reused"] >= finished_before_kill and info["computed"] >= 1
     seconds = json.loads((run / "run.json").read_text())["seconds"]  # where the time went, per stage
-    assert set(seconds) == {"prepare", "explain_sum_over_shards", "sanity", "aggregate"}
+    assert set(seconds) == {"prepare", "explain_sum_over_shards", "restored_shards", "sanity", "aggregate"}
     assert seconds["explain_sum_over_shards"] > 0 and seconds["aggregate"] > 0
     assert sum(seconds.values()) < time.monotonic() - started  # stage times, not clock readings
     assert f"reused {info['reused']} of 24 shards" in again.output
@@ -174,3 +174,23 @@ def test_a_run_in_progress_is_refused_and_a_dead_one_resumed(tmp_path: Path) -> 
     folder.info.write_text("{}")  # finished: needs --overwrite
     with pytest.raises(RunFolderError, match="pass --overwrite"):
         folder.check_reuse(overwrite=False)
+
+
+def test_statistics_side_by_side_give_one_threads_tables(
+    tiny_set: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subgroup CIs, disparity tests and overall CIs run on a thread pool: the tables must not move."""
+    from audit import stats
+    from audit.config import load_config
+    from audit.pipeline import aggregate, explain_shard, prepare
+    from audit.runfolder import RunFolder
+
+    cfg = load_config(write_config(tmp_path / "s.yaml", tiny_set, tiny_model, **{"sanity.enabled": False}))
+    results = [explain_shard(cfg, s) for s in prepare(cfg, overwrite=True)]
+    tables = []
+    for cpus in (1, 4):
+        monkeypatch.setattr(stats, "usable_cpus", lambda cpus=cpus: cpus)
+        summary = aggregate(cfg, results)
+        folder = RunFolder(cfg.run_dir)
+        tables.append((folder.subgroups.read_bytes(), folder.disparities.read_bytes(), summary["overall"]))
+    assert tables[0] == tables[1]

@@ -100,16 +100,18 @@ def export_key(model: nn.Module, src: ModelSource, pre: Preprocessing) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def exported(model: nn.Module, src: ModelSource, pre: Preprocessing, cache: Path, again: bool = False) -> Path:
+def exported(
+    model: nn.Module, src: ModelSource, pre: Preprocessing, cache: Path, again: bool = False
+) -> tuple[Path, bool]:
     """The model as an ONNX file, exported on first use and then read from ``cache`` (``again``:
-    export anew, replacing a cached file that failed the check)."""
+    export anew, replacing a cached file that failed the check); and whether it came from the cache."""
     path = cache / f"{export_key(model, src, pre)}.onnx"
     with _EXPORTING:  # torch's exporter keeps global state: one export at a time in a process
         if path.is_file() and not again:
-            return path
+            return path, True
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         _export(model, pre, path)
-    return path
+    return path, False
 
 
 def _export(model: nn.Module, pre: Preprocessing, path: Path) -> None:
@@ -136,12 +138,10 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def difference(reference: CAMOutput, candidate: CAMOutput) -> tuple[float, str | None]:
     """Largest map difference relative to the reference's peak, and what fails the check (None: passes)."""
-
-    relative = relative_difference
-    maps = relative(reference.maps, candidate.maps)
+    maps = relative_difference(reference.maps, candidate.maps)
     if not torch.equal(reference.target_index, candidate.target_index):
         return maps, "explained classes differ on the probe batch"
-    logits = relative(reference.logits, candidate.logits)
+    logits = relative_difference(reference.logits, candidate.logits)
     if not logits <= TOLERANCE:
         return maps, f"logits differ by {logits:.1e} of their largest value (tolerance {TOLERANCE:g})"
     if not maps <= TOLERANCE:  # also catches NaN
@@ -156,19 +156,21 @@ def _checked(
     build: Callable[[nn.Module], Method],
     cache: Path,
     again: bool,
-) -> tuple[float | None, str | None, OnnxModel | None]:
-    """(map difference, what fails or None, the twin) for the export in ``cache``."""
+) -> tuple[float | None, str | None, OnnxModel | None, bool]:
+    """(map difference, what fails or None, the twin, whether the file came from the cache)."""
+    cached = False
     try:
-        twin = OnnxModel(exported(model, src, pre, cache, again))
+        path, cached = exported(model, src, pre, cache, again)
+        twin = OnnxModel(path)
         x = probe(pre)
         gap, failure = difference(build(model)(x, PredictedClass()), build(twin)(x, PredictedClass()))
         with torch.no_grad():  # the counterfactuals' forwards run the whole graph: the same logits too
             whole = relative_difference(model(x), twin(x))
         if failure is None and not whole <= TOLERANCE:
             failure = f"the whole graph's logits differ by {whole:.1e} of their largest value"
-        return gap, failure, twin
+        return gap, failure, twin, cached
     except Exception as err:  # unsupported ops, layers the export names differently, methods needing modules
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", None
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", None, cached
 
 
 def choose(
@@ -193,9 +195,9 @@ def choose(
         if explain.backend == "onnx":
             raise ConfigError(f"explain.backend: onnx runs on CPU only, not on explain.device {explain.device}")
         return model, Choice("torch", f"torch on {explain.device} (onnxruntime runs on CPU here)")
-    gap, failure, twin = _checked(model, src, pre, build, cache, again=False)
-    if failure is not None:  # the cached file may be stale or damaged: export anew once before giving up
-        gap, failure, twin = _checked(model, src, pre, build, cache, again=True)
+    gap, failure, twin, cached = _checked(model, src, pre, build, cache, again=False)
+    if failure is not None and cached:  # a cached file may be stale or damaged: export anew once
+        gap, failure, twin, _ = _checked(model, src, pre, build, cache, again=True)
     if failure is None and twin is not None:
         sha = sha256_file(twin.path)
         return twin, Choice("onnx", "ONNX export of the torch model, equal to torch on the probe batch", gap, sha)

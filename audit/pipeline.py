@@ -559,12 +559,17 @@ def write_run_info(cfg: AuditConfig, config_path: Path, started: datetime, finis
     return path
 
 
+def shard_marks(cfg: AuditConfig) -> list[dict]:
+    """Each shard's ``*.cache.json``: its key, whether it was reused, how long it took."""
+    return [json.loads(p.read_text()) for p in sorted(work_dir(cfg).glob("shard_????.cache.json"))]
+
+
 def stage_seconds(cfg: AuditConfig) -> dict:
     """Wall seconds of the stages before rendering; the computed shards' time summed over shards (they
     may run side by side, so it can exceed the run's wall time), and the time spent copying cached ones."""
     folder = RunFolder(cfg.run_dir)
     times = json.loads(folder.timings.read_text()) if folder.timings.is_file() else {}
-    marks = [json.loads(p.read_text()) for p in sorted(folder.work.glob("shard_????.cache.json"))]
+    marks = shard_marks(cfg)
     times["explain_sum_over_shards"] = round(sum(m.get("seconds", 0.0) for m in marks if not m["reused"]), 2)
     times["restored_shards"] = round(sum(m.get("seconds", 0.0) for m in marks if m["reused"]), 2)
     return times
@@ -572,7 +577,7 @@ def stage_seconds(cfg: AuditConfig) -> dict:
 
 def shard_reuse(cfg: AuditConfig) -> dict:
     """How many shards this run computed and how many it copied from the shard cache."""
-    marks = [json.loads(p.read_text()) for p in sorted(work_dir(cfg).glob("shard_????.cache.json"))]
+    marks = shard_marks(cfg)
     reused = sum(m["reused"] for m in marks)
     return {"total": len(marks), "reused": reused, "computed": len(marks) - reused,
             "cache": str(ShardCache.of(cfg).root)}  # fmt: skip

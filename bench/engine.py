@@ -179,7 +179,7 @@ def main() -> None:
             model, runner, _ = loaded(net, Path(tmp), args.device, batch)
             onnx_file = runner.path if isinstance(runner, OnnxModel) else None
             if onnx_file is None and args.device == "cpu":  # the reference exists even when torch was chosen
-                onnx_file = backend.exported(model, *_source(net, Path(tmp)), Path(tmp) / "onnx")
+                onnx_file = backend.exported(model, *_source(net, Path(tmp)), Path(tmp) / "onnx")[0]
             x = torch.randn(batch, 3, net.size, net.size, generator=torch.Generator().manual_seed(1))
             x = x.to(args.device)
             times = measure(contenders(model, runner, net.layer, x, onnx_file), args.repeats, args.device)

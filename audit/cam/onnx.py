@@ -102,12 +102,12 @@ class OnnxModel:
         ``extra`` tensors (the graph cut after them: the head then runs once, in torch, not twice)."""
         key = (*extra, "<backbone>") if backbone else extra
         if key not in self._sessions:
-            proto = onnx.ModelProto()
             if backbone:
                 proto = onnx.utils.Extractor(_fold_constant_identities(self.proto)).extract_model(
                     [self.input_name], list(extra)
                 )
             else:
+                proto = onnx.ModelProto()
                 proto.CopyFrom(self.proto)
                 for name in extra:
                     proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))

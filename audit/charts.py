@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 RC = {
     "text.parse_math": False,  # a group named "$x$" is text, not (possibly invalid) math
@@ -57,6 +58,14 @@ def focus_by_group(groups: pd.DataFrame, overall: float, problems: tuple[str, ..
         return _svg_uri(fig)
 
 
+def _plain_log_x(ax: plt.Axes) -> None:
+    """A log scale labelled 0.01, 0.1, 1, 10: matplotlib's default labels are mathtext, which
+    ``text.parse_math: False`` (needed for user-named groups) would print raw as ``$\\mathdefault{..}$``."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def focus_distributions(images: pd.DataFrame, columns: list[str]) -> str:
     """Per-image focus by group (box: quartiles; whiskers: 1.5 IQR), log scale: focus is a ratio."""
     data, labels = [], []
@@ -71,7 +80,7 @@ def focus_distributions(images: pd.DataFrame, columns: list[str]) -> str:
         if data:
             ax.boxplot(data[::-1], vert=False, widths=0.6, flierprops={"markersize": 2})
             ax.set_yticks(np.arange(1, len(data) + 1), labels[::-1])
-            ax.set_xscale("log")
+            _plain_log_x(ax)
         ax.axvline(1.0, color="#999", lw=0.8)
         ax.set_xlabel("focus per image (log scale; 1 = uniform map)")
         return _svg_uri(fig)

@@ -273,3 +273,15 @@ def test_chart_labels_are_text_not_math() -> None:
     groups = pd.DataFrame({"column": ["site"], "group": ["$\\foo$"], "focus_mean": [1.0], "focus_ci_low": [0.9],
                            "focus_ci_high": [1.1], "status": ["ok"]})  # fmt: skip
     assert focus_by_group(groups, 1.0, ()).startswith("data:image/svg+xml;base64,")
+
+
+def test_log_axis_labels_are_plain_numbers_not_raw_mathtext(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    from audit import charts
+
+    monkeypatch.setitem(charts.RC, "svg.fonttype", "none")  # keep text as text, to read the tick labels
+    images = pd.DataFrame({"site": ["a"] * 4 + ["b"] * 4, "focus": [0.01, 0.2, 1.0, 3.0, 0.05, 0.5, 2.0, 9.0]})
+    svg = base64.b64decode(charts.focus_distributions(images, ["site"]).split(",", 1)[1]).decode()
+    assert "mathdefault" not in svg and "$" not in svg
+    assert ">0.01<" in svg and ">1<" in svg

@@ -11,7 +11,8 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +49,7 @@ from audit.runfolder import RunFolder, atomic, load_run, shard_output
 from audit.sanity import parameter_randomisation
 from audit.sanity import verdict as sanity_verdict
 from audit.shardcache import ShardCache, shard_key
-from audit.stats import proportion_ci, side_by_side
+from audit.stats import proportion_ci, side_by_side, usable_cpus
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
 from audit.tables import write_csv
 from audit.verdict import decide, flag_images, nan_to_none
@@ -204,7 +205,10 @@ def _target(cfg: AuditConfig, labels: list[str]) -> PredictedClass | ClassIndex:
     return ClassIndex(cfg.data.classes.index(t))
 
 
-def read_rows(reader: RowReader, rows: list[dict]) -> tuple[list[dict], list[Sample], list[dict]]:
+ReadBatch = tuple[list[dict], list[Sample], list[dict]]  # the rows read, their samples, the exclusions
+
+
+def read_rows(reader: RowReader, rows: list[dict]) -> ReadBatch:
     """Step 1, read: decode each row's files. A row that fails (decode error, truncated data, a file
     changed since the manifest check) becomes that row's exclusion; the others go on."""
     kept, samples, excluded = [], [], []
@@ -220,6 +224,32 @@ def read_rows(reader: RowReader, rows: list[dict]) -> tuple[list[dict], list[Sam
             continue
         kept.append(r)
     return kept, samples, excluded
+
+
+def reads_ahead(cfg: AuditConfig) -> bool:
+    """Read the next batch while this one is explained, where a core is free for it: on a GPU (the CPU
+    mostly waits), or when the workers' compute threads leave a core idle. Measured on one shard of
+    640 demo images (16 cores): 4 threads 147 -> 197 images/s, GPU 252 -> 313 images/s; but with
+    every core computing, 16 threads 170 -> 139 images/s and 2 threads on 2 cores 13 % slower."""
+    if cfg.explain.device.startswith("cuda"):
+        return True
+    return cfg.orchestration.workers * torch.get_num_threads() < usable_cpus()
+
+
+def read_batches(reader: RowReader, batches: list[list[dict]], ahead: bool) -> Iterator[ReadBatch]:
+    """``read_rows`` for each batch in order; with ``ahead`` the next batch is read on a background
+    thread while the caller explains this one (decoding and hashing release the GIL). One batch ahead
+    at most, so memory stays flat; the batches come out in order and the same either way."""
+    if not ahead:
+        yield from (read_rows(reader, batch) for batch in batches)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-reader") as pool:
+        pending = [pool.submit(read_rows, reader, batch) for batch in batches[:1]]
+        for following in [*batches[1:], None]:
+            current = pending.pop().result()
+            if following is not None:
+                pending.append(pool.submit(read_rows, reader, following))
+            yield current
 
 
 @dataclass
@@ -345,11 +375,9 @@ def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
     """Explain one shard, batch by batch: read -> explain -> measure. Per-image records to
     ``*.result.parquet``, layer maps to ``*.maps.npz``, rows that could not be read to ``*.exclusions.csv``."""
     ex = explainer(cfg)
-    reader = RowReader(cfg)
     results, excluded, map_ids, layer_maps = [], [], [], []
-    bs = cfg.explain.batch_size
-    for start in range(0, len(rows), bs):
-        kept, samples, bad = read_rows(reader, rows[start : start + bs])
+    batches = [rows[start : start + cfg.explain.batch_size] for start in range(0, len(rows), cfg.explain.batch_size)]
+    for kept, samples, bad in read_batches(RowReader(cfg), batches, ahead=reads_ahead(cfg)):
         excluded.extend(bad)
         if not kept:
             continue

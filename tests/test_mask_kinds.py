@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -96,3 +97,46 @@ def test_the_explain_steps_run_alone(tiny_set: Path, tiny_model: Path, tmp_path:
     records = measure(cfg, explainer(cfg), kept, samples, e)
     assert [r["row"] for r in records] == [1, 2, 4] and all(0 <= r["mass_in"] <= 1 for r in records)
     assert all(len(r["image_sha256"]) == 64 for r in records)
+
+
+def test_reading_ahead_gives_the_shard_of_reading_in_turn(
+    tiny_set: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch read on a thread while this one is explained: same results, maps and exclusions."""
+    from audit import pipeline
+    from audit.runfolder import shard_output
+
+    cfg = load_config(write_config(tmp_path / "a.yaml", tiny_set, tiny_model, run_name="ahead"))
+    rows = pd.read_csv(tiny_set).head(12).assign(row=range(12)).to_dict("records")
+    rows[6]["image_path"] = "images/nope.png"  # an exclusion in a batch read ahead
+    outputs = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(pipeline, "reads_ahead", lambda cfg, ahead=ahead: ahead)
+        shard = tmp_path / f"{ahead}" / "shard_0000.parquet"
+        shard.parent.mkdir()
+        pipeline.compute_shard(cfg, shard, rows)
+        outputs[ahead] = [
+            shard_output(shard, name).read_bytes() for name in ("result.parquet", "maps.npz", "exclusions.csv")
+        ]
+    assert outputs[True] == outputs[False]
+    assert b"nope.png" in outputs[True][2]
+
+
+def test_reads_ahead_only_where_a_core_is_free(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from audit import pipeline
+    from audit.stats import usable_cpus
+
+    cpus, threads = usable_cpus(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = load_config(write_config(tmp_path / "a.yaml", tiny_set, tiny_model))
+        crowded = load_config(
+            write_config(tmp_path / "b.yaml", tiny_set, tiny_model, **{"orchestration.workers": cpus})
+        )
+        assert pipeline.reads_ahead(alone) == (cpus > 1) and not pipeline.reads_ahead(crowded)
+        torch.set_num_threads(cpus)
+        assert not pipeline.reads_ahead(alone)
+        gpu = load_config(write_config(tmp_path / "c.yaml", tiny_set, tiny_model, **{"explain.device": "cuda"}))
+        assert pipeline.reads_ahead(gpu)
+    finally:
+        torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 RC = {
     "text.parse_math": False,  # a group named "$x$" is text, not (possibly invalid) math
@@ -58,10 +58,12 @@ def focus_by_group(groups: pd.DataFrame, overall: float, problems: tuple[str, ..
         return _svg_uri(fig)
 
 
-def _plain_log_x(ax: plt.Axes) -> None:
-    """A log scale labelled 0.01, 0.1, 1, 10: matplotlib's default labels are mathtext, which
-    ``text.parse_math: False`` (needed for user-named groups) would print raw as ``$\\mathdefault{..}$``."""
+def _plain_log_x(ax: plt.Axes, lowest: float, highest: float) -> None:
+    """A log scale labelled 0.01, 0.1, 1, 10 (also 2 and 5 in each decade where the values span less
+    than two decades, so a narrow range still gets labels): matplotlib's default labels are mathtext,
+    which ``text.parse_math: False`` (needed for user-named groups) would print raw."""
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0,) if highest / lowest > 100 else (1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
@@ -80,7 +82,8 @@ def focus_distributions(images: pd.DataFrame, columns: list[str]) -> str:
         if data:
             ax.boxplot(data[::-1], vert=False, widths=0.6, flierprops={"markersize": 2})
             ax.set_yticks(np.arange(1, len(data) + 1), labels[::-1])
-            _plain_log_x(ax)
+            values = np.concatenate([*data, [1.0]])  # the uniform-map line at 1 is drawn too
+            _plain_log_x(ax, values.min(), values.max())
         ax.axvline(1.0, color="#999", lw=0.8)
         ax.set_xlabel("focus per image (log scale; 1 = uniform map)")
         return _svg_uri(fig)

@@ -7,6 +7,7 @@ the same stages in-process without any orchestrator.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -228,12 +229,14 @@ def read_rows(reader: RowReader, rows: list[dict]) -> ReadBatch:
 
 def reads_ahead(cfg: AuditConfig) -> bool:
     """Read the next batch while this one is explained, where a core is free for it: on a GPU (the CPU
-    mostly waits), or when the workers' compute threads leave a core idle. Measured on one shard of
-    640 demo images (16 cores): 4 threads 147 -> 197 images/s, GPU 252 -> 313 images/s; but with
-    every core computing, 16 threads 170 -> 139 images/s and 2 threads on 2 cores 13 % slower."""
+    mostly waits), or when the configured workers x ``explain.threads`` leave a core idle (threads not
+    pinned: torch takes every core, so none is free). Measured on one shard of 640 demo images, 16
+    cores: 4 threads 144-147 -> 197-198 images/s, an H200 247-252 -> 304-313; with every core
+    computing it only contends: 16 threads 155-179 -> 138-139, 2 threads on 2 cores 13 % slower."""
     if cfg.explain.device.startswith("cuda"):
         return True
-    return cfg.orchestration.workers * torch.get_num_threads() < usable_cpus()
+    threads = cfg.explain.threads
+    return threads is not None and cfg.orchestration.workers * threads < usable_cpus()
 
 
 def read_batches(reader: RowReader, batches: list[list[dict]], ahead: bool) -> Iterator[ReadBatch]:
@@ -377,14 +380,17 @@ def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
     ex = explainer(cfg)
     results, excluded, map_ids, layer_maps = [], [], [], []
     batches = [rows[start : start + cfg.explain.batch_size] for start in range(0, len(rows), cfg.explain.batch_size)]
-    for kept, samples, bad in read_batches(RowReader(cfg), batches, ahead=reads_ahead(cfg)):
-        excluded.extend(bad)
-        if not kept:
-            continue
-        e = explain_batch(cfg, ex, kept, samples)
-        results.extend(measure(cfg, ex, kept, samples, e))
-        map_ids.extend(int(r["row"]) for r in kept)
-        layer_maps.append(e.cam.layer_maps.detach().cpu().numpy().astype(np.float32))
+    # closed here on an error too: the reader thread finishes its one pending batch and is joined now,
+    # not whenever the generator is garbage-collected (a retried task's traceback may keep it alive)
+    with contextlib.closing(read_batches(RowReader(cfg), batches, ahead=reads_ahead(cfg))) as read:
+        for kept, samples, bad in read:
+            excluded.extend(bad)
+            if not kept:
+                continue
+            e = explain_batch(cfg, ex, kept, samples)
+            results.extend(measure(cfg, ex, kept, samples, e))
+            map_ids.extend(int(r["row"]) for r in kept)
+            layer_maps.append(e.cam.layer_maps.detach().cpu().numpy().astype(np.float32))
     # each output written whole or not at all, and only by this shard: shards may run in parallel
     # and be retried, and a file a crashed task half wrote must never be read as a result
     maps = np.concatenate(layer_maps) if layer_maps else np.zeros((0, *ex.map_size), np.float32)

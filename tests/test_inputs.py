@@ -285,3 +285,6 @@ def test_log_axis_labels_are_plain_numbers_not_raw_mathtext(monkeypatch: pytest.
     svg = base64.b64decode(charts.focus_distributions(images, ["site"]).split(",", 1)[1]).decode()
     assert "mathdefault" not in svg and "$" not in svg
     assert ">0.01<" in svg and ">1<" in svg
+    narrow = pd.DataFrame({"site": ["a"] * 4, "focus": [1.2, 1.5, 2.5, 3.0]})  # less than a decade
+    svg = base64.b64decode(charts.focus_distributions(narrow, ["site"]).split(",", 1)[1]).decode()
+    assert ">1<" in svg and ">2<" in svg and "$" not in svg

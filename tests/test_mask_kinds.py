@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -126,17 +125,12 @@ def test_reads_ahead_only_where_a_core_is_free(tiny_set: Path, tiny_model: Path,
     from audit import pipeline
     from audit.stats import usable_cpus
 
-    cpus, threads = usable_cpus(), torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = load_config(write_config(tmp_path / "a.yaml", tiny_set, tiny_model))
-        crowded = load_config(
-            write_config(tmp_path / "b.yaml", tiny_set, tiny_model, **{"orchestration.workers": cpus})
-        )
-        assert pipeline.reads_ahead(alone) == (cpus > 1) and not pipeline.reads_ahead(crowded)
-        torch.set_num_threads(cpus)
-        assert not pipeline.reads_ahead(alone)
-        gpu = load_config(write_config(tmp_path / "c.yaml", tiny_set, tiny_model, **{"explain.device": "cuda"}))
-        assert pipeline.reads_ahead(gpu)
-    finally:
-        torch.set_num_threads(threads)
+    def cfg(name: str, **settings: object) -> object:
+        return load_config(write_config(tmp_path / f"{name}.yaml", tiny_set, tiny_model, **settings))
+
+    cpus = usable_cpus()
+    assert pipeline.reads_ahead(cfg("one", **{"explain.threads": 1})) == (cpus > 1)
+    assert not pipeline.reads_ahead(cfg("all", **{"explain.threads": cpus}))
+    assert not pipeline.reads_ahead(cfg("workers", **{"explain.threads": 1, "orchestration.workers": cpus}))
+    assert not pipeline.reads_ahead(cfg("unpinned"))  # torch's default takes every core
+    assert pipeline.reads_ahead(cfg("gpu", **{"explain.device": "cuda"}))

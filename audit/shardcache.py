@@ -3,12 +3,12 @@
 A shard's key is the SHA-256 of everything its outputs depend on: the model (checkpoint and, for a
 factory, its source file), the shard's rows (ids, labels, attributes, row numbers), the SHA-256 of
 every file those rows name, the config sections the explain stage reads, this package's source code,
-the versions of the libraries it computes with, torch's thread count and the runtime the backend
-chose (with the ONNX file's SHA-256) (it changes summation
-order). Equal keys mean equal outputs (the explain stage is deterministic), so a cached shard is
-copied, not recomputed; any change to one of these gives a new key. A shard whose files changed
-while it was being computed (its recorded image hashes differ from the key's) is not stored. Entries are written
-to a temporary folder and renamed into place, so a run killed while storing leaves no half entry.
+the versions of the libraries it computes with, torch's thread count (it changes summation order)
+and the runtime the backend chose, with the ONNX file's SHA-256. Equal keys mean equal outputs (the
+explain stage is deterministic), so a cached shard is copied, not recomputed; any change to one of
+these gives a new key. A shard whose files changed while it was being computed (its recorded image
+hashes differ from the key's) is not stored. Entries are written to a temporary folder and renamed
+into place, so a run killed while storing leaves no half entry.
 The cache only grows: delete the folder to reclaim space (it is never needed for correctness).
 """
 

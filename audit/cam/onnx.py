@@ -81,7 +81,7 @@ class OnnxModel:
         self.output_name = graph.output[0].name
         batch = inputs[0].type.tensor_type.shape.dim[0]
         self.fixed_batch = batch.dim_value if batch.HasField("dim_value") else None
-        self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
+        self._sessions: dict[tuple[tuple[str, ...], bool], ort.InferenceSession] = {}
         self._heads: dict[str, nn.Module] = {}
         self.training = False
 
@@ -100,7 +100,7 @@ class OnnxModel:
     def _session(self, extra: tuple[str, ...], backbone: bool = False) -> ort.InferenceSession:
         """A session computing the logits plus the ``extra`` tensors, or with ``backbone`` only the
         ``extra`` tensors (the graph cut after them: the head then runs once, in torch, not twice)."""
-        key = (*extra, "<backbone>") if backbone else extra
+        key = (extra, backbone)
         if key not in self._sessions:
             if backbone:
                 proto = onnx.utils.Extractor(_fold_constant_identities(self.proto)).extract_model(

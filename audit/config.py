@@ -361,6 +361,28 @@ class Sanity(_Strict):
     seed: int = 0
 
 
+class Occlusion(_Strict):
+    """Map-guided local occlusion with a matched control (``counterfactual.evidence: occlusion``).
+
+    On the explained layer's grid (at most ``max_grid`` cells a side), the cells outside the region
+    (dilated by ``margin`` of the image side) that hold ``mass_share`` of the map's outside mass, largest
+    first and at most ``max_area`` of the outside area, are filled from their surroundings (the region's
+    own pixels never feed the fill). ``controls`` times, as many pixels of randomly chosen *other*
+    outside cells are filled the same way (seeded per manifest row by ``seed``). The evidence is the
+    excess drop: the explained class's probability drop under the guided fill minus the mean drop under
+    the controls. Filling a few patches keeps the image close to what the model was trained on, and the
+    control cancels what filling patches anywhere does by itself.
+    """
+
+    mass_share: float = Field(default=0.5, gt=0, le=1)
+    grow: int = Field(default=1, ge=0, le=8)
+    max_area: float = Field(default=0.25, gt=0, le=1)
+    margin: float = Field(default=0.02, ge=0, le=0.5)
+    controls: int = Field(default=2, ge=1, le=16)
+    max_grid: int = Field(default=32, ge=2)
+    seed: int = 0
+
+
 class Counterfactual(_Strict):
     """Counterfactual confirmation: a map is correlational, a changed prediction is evidence.
 
@@ -369,6 +391,12 @@ class Counterfactual(_Strict):
     ``artifact_mask_path`` column, just that region is neutralised the same way. The change in the
     explained class's probability is recorded; an image *depends on outside evidence* when it drops by
     more than ``dependence``.
+
+    ``evidence``: what reliance rests on where the audit set has region masks only (no artifact mask,
+    no supplied rendering). ``occlusion`` (default): map-guided local occlusion against a matched
+    control (see :class:`Occlusion`); ``blur``: the whole outside replaced as above. The whole-outside
+    replacement is always recorded (``outside_delta``), but a heavy blur over most of an image reads as
+    a defocused scanner to a model that learned one, so it is evidence only when chosen here.
     """
 
     enabled: bool = True
@@ -376,6 +404,8 @@ class Counterfactual(_Strict):
     dilate: float = Field(default=0.05, ge=0, le=0.5)
     blur_factor: int = Field(default=16, ge=2)
     dependence: float = Field(default=0.2, gt=0, lt=1)
+    evidence: Literal["occlusion", "blur"] = "occlusion"
+    occlusion: Occlusion = Field(default_factory=lambda: Occlusion())
 
 
 class Stats(_Strict):

@@ -1,19 +1,23 @@
 """Counterfactual neutralisation: a map is correlational, a changed prediction is evidence.
 
-Two kinds: *neutralised* (the outside of the dilated region, and where annotated just the artifact,
-replaced by what the image shows around it) and *supplied* (the team's own artifact-free rendering of
-the image). Each gives the drop in the explained class's probability; the drop is the evidence the
-model took from what was removed.
+Three kinds: *neutralised* (the outside of the dilated region, and where annotated just the artifact,
+replaced by what the image shows around it), *occluded* (the outside cells the map points at, filled
+from their surroundings, against randomly chosen outside cells of the same area: the evidence a
+region mask alone can give) and *supplied* (the team's own artifact-free rendering of the image).
+Each gives the drop in the explained class's probability; the drop is the evidence the model took
+from what was removed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from audit import metrics
-from audit.config import AuditConfig
+from audit.config import AuditConfig, Counterfactual, Occlusion
 from audit.imaging import dilate, fill_from_surroundings, heavy_blur
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -32,11 +36,17 @@ def neutralised(
     idx: torch.Tensor,
     explained_p: torch.Tensor,
     maps: torch.Tensor,
+    layer_shape: tuple[int, int] | None = None,
+    rows: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per image: ``outside_delta`` (outside of the dilated mask replaced by the fill) and, where an
     artifact mask is given, ``artifact_delta``, ``mass_artifact`` and ``artifact_area``. The artifact is
     filled from its surroundings only, so its own colour (a dark vignette, a purple stroke) never
-    leaks into its fill; an empty artifact mask is an annotation too ("no artifact here": drop ~0)."""
+    leaks into its fill; an empty artifact mask is an annotation too ("no artifact here": drop ~0).
+    With ``counterfactual.evidence: occlusion`` also ``occlusion_delta`` (the guided fill's drop minus
+    the controls' mean drop), ``occlusion_guided_delta``, ``occlusion_control_delta`` and
+    ``occluded_area`` (the guided fill's share of the image), on the grid of ``layer_shape``, the
+    controls seeded by the manifest ``rows``."""
     c = cfg.counterfactual
     fill = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     keep = dilate(masks, round(c.dilate * max(x.shape[-2:])))[:, None].to(x.dtype)
@@ -53,14 +63,121 @@ def neutralised(
         annotated[have] = True
         out["mass_artifact"] = torch.where(has, metrics.mass_in(maps, art), torch.nan)
         out["artifact_area"] = torch.where(annotated, metrics.area(art), torch.nan)
+    occlusion = c.evidence == "occlusion" and layer_shape is not None and rows is not None
+    if occlusion:
+        guided, controls = occlusion_masks(c.occlusion, maps, masks, layer_shape, rows)
+        for name, where in [("guided", guided), *((f"control_{k}", m) for k, m in enumerate(controls))]:
+            batches[name] = occluded(x, where, masks, c)
+        out["occluded_area"] = metrics.area(guided)
+    drops = {}
     for name, xb in batches.items():
         with torch.no_grad():
             p = probabilities(cfg, forward(xb)).gather(1, idx[:, None])[:, 0]
-        delta = (explained_p - p).double()
-        if name == "artifact":
-            delta = torch.where(out["artifact_area"].isnan(), torch.nan, delta)
-        out[f"{name}_delta"] = delta
+        drops[name] = (explained_p - p).double()
+    out["outside_delta"] = drops["outside"]
+    if "artifact" in drops:
+        out["artifact_delta"] = torch.where(out["artifact_area"].isnan(), torch.nan, drops["artifact"])
+    if occlusion:
+        control = torch.stack([drops[n] for n in drops if n.startswith("control_")]).mean(dim=0)
+        out["occlusion_guided_delta"] = drops["guided"]
+        out["occlusion_control_delta"] = control
+        # a map with no mass outside the region has nothing there to remove: both fills are empty, drop 0
+        out["occlusion_delta"] = drops["guided"] - control
     return out
+
+
+def occluded(x: torch.Tensor, where: torch.Tensor, region: torch.Tensor, c: Counterfactual) -> torch.Tensor:
+    """``x`` with the pixels ``where`` (B, H, W) filled from their surroundings; neither the filled
+    pixels nor the region's own feed the fill (a lesion must not spread into the patch beside it)."""
+    w = where[:, None].to(x.dtype)
+    fill = fill_from_surroundings(x, where | region.bool(), c.blur_factor, c.fill)
+    return x * (1 - w) + fill * w
+
+
+def occlusion_masks(
+    o: Occlusion, maps: torch.Tensor, region: torch.Tensor, layer_shape: tuple[int, int], rows: list[int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The guided occlusion (B, H, W) and ``o.controls`` matched controls of the same area.
+
+    Cells are the explained layer's grid (capped at ``o.max_grid`` a side): a map cannot say more
+    than its resolution. Guided: the outside cells holding ``o.mass_share`` of the map's mass outside
+    the region (dilated by ``o.margin``), largest first, at most ``o.max_area`` of the outside area.
+    Control: randomly ordered other outside cells until they cover as many pixels."""
+    b, h, w = maps.shape
+    gh, gw = (min(s, o.max_grid) for s in layer_shape)
+    cell = ((torch.arange(h) * gh // h)[:, None] * gw + (torch.arange(w) * gw // w)[None, :]).flatten()
+    cell = cell.to(maps.device)
+    outside = ~dilate(region, round(o.margin * max(h, w))).flatten(1)
+    mass = torch.zeros(b, gh * gw, dtype=torch.float64, device=maps.device)
+    mass.index_add_(1, cell, (maps.flatten(1).double() * outside).nan_to_num(0.0))
+    area = torch.zeros_like(mass).index_add_(1, cell, outside.double())
+    mass_np, area_np = mass.cpu().numpy(), area.cpu().numpy()
+    guided = np.zeros((b, gh * gw), bool)
+    controls = np.zeros((o.controls, b, gh * gw), bool)
+    for i in range(b):
+        core = guided_cells(mass_np[i], area_np[i], o.mass_share, o.max_area)
+        guided[i] = grown_cells(core, mass_np[i], area_np[i], (gh, gw), o.grow, o.max_area)
+        rng = np.random.default_rng([o.seed, int(rows[i])])
+        for k in range(o.controls):
+            controls[k, i] = control_cells(area_np[i], guided[i], rng)
+    cell_np = cell.cpu()
+
+    def to_pixels(selected: np.ndarray) -> torch.Tensor:
+        picked = torch.from_numpy(selected).to(maps.device)[:, cell_np.to(maps.device)]
+        return (picked & outside).reshape(b, h, w)
+
+    return to_pixels(guided), [to_pixels(controls[k]) for k in range(o.controls)]
+
+
+def guided_cells(mass: np.ndarray, area: np.ndarray, share: float, max_area: float) -> np.ndarray:
+    """Cells by outside mass, largest first, until ``share`` of the outside mass is covered, never past
+    ``max_area`` of the outside area (the first cell always, if it holds any mass)."""
+    chosen = np.zeros(mass.shape, bool)
+    total = mass.sum()
+    if total <= 0:
+        return chosen
+    order = np.argsort(-mass, kind="stable")
+    order = order[mass[order] > 0]
+    covered = np.cumsum(mass[order])
+    used = np.cumsum(area[order])
+    k = int(np.searchsorted(covered, share * total - 1e-12 * total)) + 1
+    k = min(k, len(order))
+    k = max(1, min(k, int(np.searchsorted(used, max_area * area.sum(), side="right"))))
+    chosen[order[:k]] = True
+    return chosen
+
+
+def grown_cells(
+    core: np.ndarray, mass: np.ndarray, area: np.ndarray, grid: tuple[int, int], grow: int, max_area: float
+) -> np.ndarray:
+    """``core`` and its neighbours within ``grow`` cells, where there is outside to fill: a deep layer's
+    cell answers to what lies around it, so the attended thing may sit in the next cell. Past
+    ``max_area`` of the outside area the neighbours with the least mass are left out (the core stays)."""
+    if grow <= 0 or not core.any():
+        return core
+    near = ndimage.binary_dilation(core.reshape(grid), np.ones((3, 3), bool), iterations=grow).ravel() & (area > 0)
+    order = np.lexsort((-mass, ~core))  # core cells first, then by mass
+    order = order[near[order]]
+    budget = max(area[core].sum(), max_area * area.sum())
+    keep = order[np.cumsum(area[order]) <= budget + 1e-9]
+    chosen = core.copy()
+    chosen[keep] = True
+    return chosen
+
+
+def control_cells(area: np.ndarray, guided: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Other outside cells in random order, as many as bring their area closest to the guided cells'
+    (all of them where the outside is too small)."""
+    chosen = np.zeros(area.shape, bool)
+    target = area[guided].sum()
+    candidates = np.flatnonzero((area > 0) & ~guided)
+    if target <= 0 or not len(candidates):
+        return chosen
+    order = rng.permutation(candidates)
+    used = np.cumsum(area[order])
+    k = int(np.argmin(np.abs(used - target))) + 1
+    chosen[order[:k]] = True
+    return chosen
 
 
 def supplied(

@@ -46,8 +46,9 @@ from audit.stats import adjust, difference_ci, side_by_side, stratified_permutat
 
 N_PERM = 10000
 # Neutralisations whose probability drop counts as evidence taken from outside the region, most
-# specific first: the supplied counterfactual, the annotated artifact, the whole outside of the mask.
-NEUTRALISATIONS = ("counterfactual_delta", "artifact_delta", "outside_delta")
+# specific first: the supplied counterfactual, the annotated artifact, the map-guided occlusion's excess
+# over its control, the whole outside of the mask (evidence only where no occlusion was measured).
+NEUTRALISATIONS = ("counterfactual_delta", "artifact_delta", "occlusion_delta", "outside_delta")
 FOCUS, RELIANCE = "focus", "reliance"
 ALL_CLASSES = "(all, stratified)"
 

@@ -317,7 +317,8 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
     idx = e.cam.target_index
     cols = metrics.localisation(e.cam.maps, e.masks, cfg.metrics.top_k, cfg.metrics.bbox_threshold)
     if cfg.counterfactual.enabled:
-        cols.update(neutralised(cfg, ex.model, e.x, e.masks, e.arts, idx, e.explained_p, e.cam.maps))
+        grid, row_ids = tuple(e.cam.layer_maps.shape[-2:]), [int(r["row"]) for r in rows]
+        cols.update(neutralised(cfg, ex.model, e.x, e.masks, e.arts, idx, e.explained_p, e.cam.maps, grid, row_ids))
     cf = supplied(cfg, ex.model, e.cfs, idx)
     # no region, no localisation: metrics that need the region (and the outside's neutralisation) are NaN
     localised = torch.as_tensor([s.region is not None for s in samples])

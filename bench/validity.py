@@ -34,13 +34,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
-from audit.config import load_config
-from audit.disparity import STATUS_ATTENTION, STATUS_LESS_FOCUS, STATUS_REFERENCE, STATUS_RELIES, STATUS_SMALL
-from audit.examples.synth import CLASSES, ShortcutSpec, World, generate
+from audit.config import AuditConfig, load_config
+from audit.counterfactual import probabilities
+from audit.disparity import (
+    STATUS_ATTENTION,
+    STATUS_LESS_FOCUS,
+    STATUS_REFERENCE,
+    STATUS_RELIES,
+    STATUS_SMALL,
+    reliance_evidence,
+)
+from audit.examples.synth import ShortcutSpec, World, generate
 from audit.examples.train import train_classifier
-from audit.pipeline import aggregate, explain_shard, prepare, sanity_check
+from audit.inputs import RowReader, to_tensor
+from audit.pipeline import aggregate, explain_shard, explainer, included_rows, prepare, sanity_check
+from audit.stats import auroc
 
 VERSION = "v1"  # bump when training changes: every model is retrained
 GENERATOR = 2  # bump when the generator's masks or manifests change (not its images): data are rewritten
@@ -128,6 +139,27 @@ WORLDS = [
         story="a near-black marker that looks like a melanoma's blotches: even the clean twin looks at it",
     ),
     Case(
+        "circle-in-margin",
+        "site_c",
+        POSITIVE,
+        World("circle", skin_tone=TONES),
+        story="a marker ring drawn round the lesion, inside the region's 5 % dilation margin",
+    ),
+    Case(
+        "marker-radiograph",
+        "site_b",
+        POSITIVE,
+        World("marker", modality="radiograph", acquisition=(("site_a", "contrast"),)),
+        story="grayscale radiographs, lung-field masks, a laterality marker far outside them at one site",
+    ),
+    Case(
+        "text-radiograph-normal",
+        "site_c",
+        NEGATIVE,
+        World("text", modality="radiograph", acquisition=(("site_c", "blur"),), site_weights=(0.35, 0.35, 0.3)),
+        story="radiographs: burnt-in text marks the normal class at a defocused site",
+    ),
+    Case(
         "text-both",
         "site_a",
         WEAK,
@@ -189,7 +221,7 @@ def _config(root: Path, case: Case, twin: str, model: Path, manifest: Path) -> P
         "model": {"kind": "torchvision", "arch": "mobilenet_v3_small", "checkpoint": str(model), "num_classes": 2},
         "preprocessing": {"size": [case.size, case.size]},
         "explain": {"target_layer": "features.8", "batch_size": 32, "shard_size": 120},
-        "data": {"manifest": str(manifest), "classes": list(CLASSES), "subgroups": subgroups},
+        "data": {"manifest": str(manifest), "classes": list(case.world.classes), "subgroups": subgroups},
         "stats": {"n_boot": 1000, "seed": 0},
     }
     path = root / f"{twin}.yaml"
@@ -197,27 +229,69 @@ def _config(root: Path, case: Case, twin: str, model: Path, manifest: Path) -> P
     return path
 
 
-def audit(config: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+def audit(config: Path) -> tuple[AuditConfig, dict, pd.DataFrame, pd.DataFrame]:
     """The stages of ``audit run`` in this process, without the report."""
     cfg = load_config(config)
     results = [explain_shard(cfg, s) for s in prepare(cfg, overwrite=True)]
     sanity_check(cfg)
     summary = aggregate(cfg, results)
-    return summary, pd.read_csv(cfg.run_dir / "subgroups.csv"), pd.read_parquet(cfg.run_dir / "images.parquet")
+    return cfg, summary, pd.read_csv(cfg.run_dir / "subgroups.csv"), pd.read_parquet(cfg.run_dir / "images.parquet")
+
+
+def truly_reliant(cfg: AuditConfig, manifest: Path) -> pd.Series:
+    """The truth only the generator knows, per manifest row: the prediction changes when only the
+    artifact is removed (its artifact-free rendering), by the audited model on the audited runtime.
+    Computed here for every evidence mode, so a mode that hands the audit no rendering is judged
+    against the same truth."""
+    rendering = pd.read_csv(manifest).set_index("image_id")["counterfactual_path"]
+    rows = included_rows(cfg).assign(counterfactual_path=lambda r: r["image_id"].map(rendering))
+    reader, model, out = RowReader(cfg), explainer(cfg).model, {}
+    for start in range(0, len(rows), 64):
+        batch = rows.iloc[start : start + 64].to_dict("records")
+        samples = [reader.read(r) for r in batch]
+        pair = [torch.stack([to_tensor(getattr(s, k), cfg.preprocessing) for s in samples]) for k in
+                ("image", "counterfactual")]  # fmt: skip
+        with torch.no_grad():
+            shown, clean = (probabilities(cfg, model(x)).argmax(dim=1) for x in pair)
+        out.update({int(r["row"]): bool(a != b) for r, a, b in zip(batch, shown, clean, strict=True)})
+    return pd.Series(out, name="truly_reliant")
 
 
 def run_world(cache: Path, case: Case, evidence: str) -> list[dict]:
     root = (cache / VERSION / case.name).resolve()
-    audit_manifest = _audit_manifest(_split(root, case, "audit"), evidence)
+    full_manifest = _split(root, case, "audit")
+    audit_manifest = _audit_manifest(full_manifest, evidence)
     rows = []
     for twin, split in (("planted", "train"), ("clean", "train_clean")):
         model, trained_on = root / f"{twin}.pt", root / f"{twin}.trained-on.json"
         if not (model.is_file() and trained_on.is_file() and trained_on.read_text() == _images_key(case, split)):
-            train_classifier(_split(root, case, split), model, CLASSES, epochs=8)
+            train_classifier(_split(root, case, split), model, case.world.classes, epochs=8)
             trained_on.write_text(_images_key(case, split))
-        summary, groups, images = audit(_config(root, case, f"{twin}-{evidence}", model, audit_manifest))
+        cfg, summary, groups, images = audit(_config(root, case, f"{twin}-{evidence}", model, audit_manifest))
+        images["truly_reliant"] = images["row"].map(truly_reliant(cfg, full_manifest))
         rows.append(judge(case, twin, summary, groups, images))
     return rows
+
+
+def detection(images: pd.DataFrame) -> dict[str, float]:
+    """How well each per-image score finds the truly reliant images (AUROC; NaN without both kinds),
+    over the images with a region: the evidence the audit judged on, and each mask-only kind alone."""
+    d = images[images["localised"].astype(bool)]
+    truth = d["truly_reliant"].astype(bool).to_numpy()
+    used = reliance_evidence(d)
+    judged = pd.Series(float("nan"), index=d.index)
+    for kind in used.dropna().unique():
+        judged = judged.where(used != kind, d[f"{kind}_delta"])
+    scores = {"auroc_judged": judged}
+    scores.update({f"auroc_{k}": d[c] for k, c in (("occlusion", "occlusion_delta"), ("blur", "outside_delta"))
+                   if c in d})  # fmt: skip
+    out = {"reliant": int(truth.sum())}
+    for name, score in scores.items():
+        ok = score.notna().to_numpy()
+        both = truth[ok].any() and not truth[ok].all()
+        out[name] = auroc(truth[ok], score.to_numpy(float)[ok]) if both else float("nan")
+    out["judged_on"] = ", ".join(f"{k} {v}" for k, v in used.value_counts().items())
+    return out
 
 
 def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd.DataFrame) -> dict:
@@ -234,9 +308,7 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
         ratio = (site["mass_artifact"] / site["artifact_area"]).groupby(site["explained"])
         attention = float(ratio.mean()[ratio.size() >= 10].max())
     # the truth the generator knows: removing only the artifact changes the prediction
-    truth = float("nan")
-    if len(site):  # audits without counterfactual renderings do not compute the truth: read it from the data
-        truth = float(site["counterfactual_flips"].mean()) if "counterfactual_flips" in site else float("nan")
+    truth = float(site["truly_reliant"].mean()) if len(site) else float("nan")
     other_warns = [r for r in summary["reasons"] if r.startswith("warn:") and STATUS_ATTENTION not in r]
     return {
         "world": case.name + (" (weak)" if case.weak else ""),
@@ -254,6 +326,7 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
         "other_warnings": len(other_warns),
         "flips_without_artifact": truth,
         "planted_share": float(groups.loc[named["name"] == planted, "outside_dependent_share"].iloc[0]),
+        **detection(images),
     }
 
 
@@ -261,10 +334,19 @@ def report(rows: list[dict]) -> str:
     table = pd.DataFrame(rows)
     planted, clean = table[table["twin"] == "planted"], table[table["twin"] == "clean"]
     strong = planted[~planted["weak"]]
-    shown = table.drop(columns=["innocent_tested", "correlated_failed", "weak"])
+    shown = table.drop(columns=["innocent_tested", "correlated_failed", "weak", "judged_on", "other_warnings"])
+    aurocs = [
+        f"  {col.removeprefix('auroc_')}: min {strong[col].min():.3f} ({strong.loc[strong[col].idxmin(), 'world']}), "
+        f"median {strong[col].median():.3f}, worlds >= 0.95: {int((strong[col] >= 0.95).sum())} of "
+        f"{int(strong[col].notna().sum())}"
+        for col in ("auroc_judged", "auroc_occlusion", "auroc_blur")
+        if col in strong and strong[col].notna().any()
+    ]
     lines = [
         shown.to_string(index=False, float_format="%.2f"),
         "",
+        "per-image AUROC for the truly reliant images (planted models, counted worlds):",
+        *aurocs,
         f"planted group failed: {int(strong['planted_failed'].sum())} of {len(strong)} worlds; weak worlds "
         f"(not counted): {int(planted['weak'].sum())}, planted group failed in "
         f"{int(planted.loc[planted['weak'], 'planted_failed'].sum())}",
@@ -307,7 +389,7 @@ def main() -> None:
     parser.add_argument("--skip-worlds", action="store_true", help="only the model-free simulations")
     parser.add_argument(
         "--evidence",
-        default="counterfactual,annotation",
+        default="mask,annotation,counterfactual",
         help=f"comma-separated evidence modes, each a full pass over the worlds: {', '.join(EVIDENCE)}",
     )
     args = parser.parse_args()

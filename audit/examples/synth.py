@@ -33,7 +33,8 @@ SITES = ("site_a", "site_b", "site_c")
 SEXES = ("female", "male")
 AGE_BANDS = ("<40", "40-60", ">60")
 SKIN_TONES = ("light", "medium", "dark")
-ARTIFACTS = ("ink", "ruler", "text", "vignette")
+ARTIFACTS = ("ink", "ruler", "text", "vignette", "circle", "marker")
+MODALITIES = {"dermoscopy": CLASSES, "radiograph": ("normal", "opacity")}
 # Multiplies the skin's colour: darker skin lowers the lesion's contrast, so maps spread at every site.
 TONE_FACTOR = {"light": 1.0, "medium": 0.82, "dark": 0.6}
 
@@ -65,10 +66,18 @@ class World:
     acquisition: tuple[tuple[str, str], ...] = ()
     skin_tone: tuple[float, float, float] | None = None
     tone_in_site: tuple[str, tuple[float, float, float]] | None = None
+    modality: str = "dermoscopy"
 
     def __post_init__(self) -> None:
         if self.artifact not in ARTIFACTS:
             raise ValueError(f"artifact must be one of {ARTIFACTS}, not {self.artifact!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {tuple(MODALITIES)}, not {self.modality!r}")
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        """(negative, positive) class names: the label is written into the region either way."""
+        return MODALITIES[self.modality]
 
 
 def _lesion(rng: np.random.Generator, size: int, severity: float) -> tuple[np.ndarray, np.ndarray]:
@@ -182,12 +191,27 @@ def _vignette(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     return alpha, np.zeros((size, size, 3))
 
 
+def _circle(rng: np.random.Generator, lesion: np.ndarray, size: int) -> np.ndarray:
+    """Most of a thin ring 2-4 % of the side away from the lesion's edge: close enough to lie inside a
+    dilated region, where evidence that keeps the whole dilated region never looks."""
+    near = ndimage.binary_dilation(lesion, iterations=max(2, size // 32))
+    far = ndimage.binary_dilation(lesion, iterations=max(3, round(size * 0.045)))
+    yy, xx = np.nonzero(lesion)
+    cy, cx = yy.mean(), xx.mean()
+    angle = np.arctan2(*np.mgrid[0:size, 0:size] - np.array([cy, cx])[:, None, None])
+    start, span = rng.uniform(-np.pi, np.pi), rng.uniform(0.6, 0.85) * 2 * np.pi
+    arc = np.mod(angle - start, 2 * np.pi) < span
+    return ndimage.gaussian_filter((far & ~near & arc).astype(np.float64), size / 200)
+
+
 def _acquire(img: np.ndarray, how: str, size: int) -> np.ndarray:
     """An acquisition difference of the whole image: defocus blur or a warm colour cast."""
     if how == "blur":
         return ndimage.gaussian_filter(img, sigma=(size / 80, size / 80, 0))
     if how == "cast":
         return img * np.array([1.08, 0.96, 0.78])
+    if how == "contrast":  # a flatter detector response
+        return 110 + (img - 110) * 0.75
     raise ValueError(f"unknown acquisition difference {how!r}")
 
 
@@ -226,6 +250,10 @@ def render(
     if artifact == "ink":
         marked = clean * (1 - 0.85 * ink[..., None]) + ink_colour * 0.85 * ink[..., None]
         visible = ink > 0.3
+    elif artifact == "circle":  # a marker ring drawn around the lesion, inside the usual dilation margin
+        ring = _circle(np.random.default_rng([seed, index, 1]), lesion_mask, size)
+        marked = clean * (1 - 0.85 * ring[..., None]) + ink_colour * 0.85 * ring[..., None]
+        visible = ring > 0.3
     else:
         other = np.random.default_rng([seed, index, 1])
         alpha, colour = {"ruler": _ruler, "text": _text, "vignette": _vignette}[artifact](other, size)
@@ -243,9 +271,78 @@ def render(
     }
 
 
+def _marker(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lead laterality marker ("L" or "R" in a box) near one upper corner, outside the body: (alpha, colour)."""
+    from PIL import ImageDraw, ImageFont
+
+    side = max(9, round(size * rng.uniform(0.08, 0.11)))
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    x0 = round(size * rng.uniform(0.03, 0.07))
+    x0 = x0 if rng.random() < 0.5 else size - x0 - side
+    y0 = round(size * rng.uniform(0.03, 0.07))
+    draw.rectangle((x0, y0, x0 + side, y0 + side), outline=255, width=max(1, side // 8))
+    font = ImageFont.load_default(size=max(6, round(side * 0.7)))
+    draw.text((x0 + side / 2, y0 + side / 2), "LR"[int(rng.integers(0, 2))], fill=255, font=font, anchor="mm")
+    return np.asarray(canvas, np.float64) / 255, np.full((size, size, 3), 245.0)
+
+
+def render_radiograph(
+    seed: int,
+    index: int,
+    size: int,
+    positive: bool,
+    with_artifact: bool,
+    artifact: str = "marker",
+    acquisition: str | None = None,
+    **_: object,
+) -> dict[str, np.ndarray]:
+    """A grayscale chest-radiograph-like image: a bright body, two dark lung fields (the region, about
+    a quarter of the image) with ribs, and the label written into the lungs as diffuse opacities
+    (brighter, larger and more of them with severity). The artifact (a laterality marker, burnt-in
+    text) lies in the dark outside of the body, far from the region."""
+    rng = np.random.default_rng([seed, index])
+    severity = float(np.clip(rng.normal(0.68 if positive else 0.32, 0.14), 0, 1))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    body = ((xx - 0.5) / rng.uniform(0.42, 0.46)) ** 2 + ((yy - 0.58) / rng.uniform(0.5, 0.56)) ** 2 < 1
+    img = np.where(body, 165.0, 18.0) + 10 * ndimage.zoom(rng.normal(0, 1, (5, 5)), size / 5, order=3)[:size, :size]
+    lungs = np.zeros((size, size), bool)
+    for side in (-1, 1):
+        cx, cy = 0.5 + side * rng.uniform(0.17, 0.21), 0.5 + rng.uniform(-0.03, 0.03)
+        ax, ay = rng.uniform(0.12, 0.15), rng.uniform(0.26, 0.31)
+        lungs |= ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 < 1
+    soft = ndimage.gaussian_filter(lungs.astype(np.float64), size / 80)
+    ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (yy * rng.uniform(7, 9) + 0.15 * np.cos(3 * xx)))
+    img = img * (1 - 0.62 * soft) + 18 * ribs * soft
+    opacity = np.zeros((size, size))
+    for _ in range(1 + rng.poisson(3 * severity)):
+        iy, ix = np.nonzero(lungs)
+        k = int(rng.integers(0, len(iy)))
+        r = size * (0.03 + 0.07 * severity) * rng.uniform(0.6, 1.2)
+        opacity += np.exp(-(((yy * size - iy[k]) ** 2 + (xx * size - ix[k]) ** 2) / (2 * r * r)))
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), size / 48)
+    img = img + (25 + 70 * severity) * np.clip(opacity, 0, 1) * soft * (1 + 0.3 * texture)
+    clean = np.clip(img + rng.normal(0, 3, img.shape), 0, 255)[..., None].repeat(3, axis=2)
+    other = np.random.default_rng([seed, index, 1])
+    alpha, colour = (_marker if artifact == "marker" else _text)(other, size)
+    alpha = np.where(body, 0.0, alpha)  # the marker lies on the detector, outside the patient
+    marked = clean * (1 - alpha[..., None]) + colour * alpha[..., None]
+    shown = marked if with_artifact else clean
+    if acquisition is not None:
+        shown, clean = (np.clip(_acquire(a, acquisition, size), 0, 255) for a in (shown, clean))
+    return {
+        "image": np.round(shown).astype(np.uint8),
+        "counterfactual": np.round(clean).astype(np.uint8),
+        "lesion_mask": lungs,
+        "artifact_mask": alpha > 0.05 if with_artifact else np.zeros_like(lungs),
+    }
+
+
 def _write_one(job: tuple) -> None:
     out_dir, seed, index, size, melanoma, has_artifact, image_id, write_masks, look = job
-    r = render(seed, index, size, melanoma, has_artifact, **look)
+    draw = render_radiograph if look.get("modality") == "radiograph" else render
+    look = {k: v for k, v in look.items() if k != "modality"}
+    r = draw(seed, index, size, melanoma, has_artifact, **look)
     Image.fromarray(r["image"]).save(out_dir / "images" / f"{image_id}.png")
     Image.fromarray(r["counterfactual"]).save(out_dir / "counterfactual" / f"{image_id}.png")
     if write_masks:
@@ -306,6 +403,7 @@ def generate(
             "tone": attributes.get("skin_tone"),
             "acquisition": acquisition.get(site),
             "ink_colour": world.ink_colour,
+            "modality": world.modality,
         }
         jobs.append((out_dir, seed, i, size, melanoma, has_artifact, image_id, write_masks, look))
         rows.append(
@@ -313,7 +411,7 @@ def generate(
                 "image_id": image_id,
                 "image_path": f"images/{image_id}.png",
                 "mask_path": f"masks/{image_id}.png",
-                "label": CLASSES[int(melanoma)],
+                "label": world.classes[int(melanoma)],
                 "site": site,
                 "sex": sex,
                 "age_band": age,

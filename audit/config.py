@@ -314,6 +314,9 @@ class Thresholds(_Strict):
     prediction drops by more than ``counterfactual.dependence`` when the outside of the mask is
     neutralised), ``zero_maps`` (maps with no positive evidence, which cannot be judged).
     ``sanity``: what maps that survive parameter randomisation make the verdict.
+    ``discovered_shortcut``: what a candidate found without annotations (:mod:`audit.discovery`) that is
+    concentrated in a subgroup or class *and* changes predictions when removed makes the verdict (warn:
+    a finding for a person to look at; the group's own reliance test decides a fail).
     """
 
     focus: float = Field(default=1.0, gt=0)
@@ -329,6 +332,7 @@ class Thresholds(_Strict):
     outside_dependence: Level = Level(warn=0.25)
     zero_maps: Level = Level(warn=0.1)
     sanity: Literal["fail", "warn", "off"] = "warn"
+    discovered_shortcut: Literal["fail", "warn", "off"] = "warn"
 
 
 class Metrics(_Strict):
@@ -408,6 +412,21 @@ class Counterfactual(_Strict):
     occlusion: Occlusion = Field(default_factory=lambda: Occlusion())
 
 
+class Discovery(_Strict):
+    """Shortcut discovery without artifact annotations (:mod:`audit.discovery`): the images whose map
+    puts at least ``min_outside_share`` of its mass outside the region are grouped by what their
+    attended outside cells show (at most ``max_clusters`` groups; beyond ``max_pool`` images a
+    seeded sample is clustered), and each group is tested for concentration in a subgroup and for an
+    effect on predictions. ``exemplars``: member images shown per candidate."""
+
+    enabled: bool = True
+    min_outside_share: float = Field(default=0.25, ge=0, lt=1)
+    max_clusters: int = Field(default=6, ge=2, le=20)
+    max_pool: int = Field(default=3000, ge=50)
+    exemplars: int = Field(default=6, ge=1, le=24)
+    seed: int = 0
+
+
 class Stats(_Strict):
     """``correction``: ``holm`` (family-wise error) or ``bh`` (Benjamini-Hochberg false-discovery
     rate) over all group comparisons. ``reference``: what each group is compared with: ``rest`` (the
@@ -473,6 +492,7 @@ class AuditConfig(_Strict):
     metrics: Metrics = Metrics()
     sanity: Sanity = Sanity()
     counterfactual: Counterfactual = Counterfactual()
+    discovery: Discovery = Discovery()
     stats: Stats = Stats()
     context: Context = Context()
     report: Report = Report()

@@ -65,10 +65,12 @@ def neutralised(
         out["artifact_area"] = torch.where(annotated, metrics.area(art), torch.nan)
     occlusion = c.evidence == "occlusion" and layer_shape is not None and rows is not None
     if occlusion:
-        guided, controls = occlusion_masks(c.occlusion, maps, masks, layer_shape, rows)
+        guided, controls, cells = occlusion_masks(c.occlusion, maps, masks, layer_shape, rows)
         for name, where in [("guided", guided), *((f"control_{k}", m) for k, m in enumerate(controls))]:
             batches[name] = occluded(x, where, masks, c)
         out["occluded_area"] = metrics.area(guided)
+        out.update(attended_appearance(x, guided, masks))
+        out["attended_cells"] = torch.from_numpy(cells)
     drops = {}
     for name, xb in batches.items():
         with torch.no_grad():
@@ -126,7 +128,33 @@ def occlusion_masks(
         picked = torch.from_numpy(selected).to(maps.device)[:, cell_np.to(maps.device)]
         return (picked & outside).reshape(b, h, w)
 
-    return to_pixels(guided), [to_pixels(controls[k]) for k in range(o.controls)]
+    return to_pixels(guided), [to_pixels(controls[k]) for k in range(o.controls)], guided.reshape(b, gh, gw)
+
+
+def attended_appearance(x: torch.Tensor, where: torch.Tensor, region: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the guided occlusion removed, described so that images attending to the same kind of
+    thing group together wherever it lies (:mod:`audit.discovery`): per channel the mean and spread of
+    the input there, how close it lies to the image's border (0 at the border, 1 at the centre) and to
+    the region (in image sides). NaN where nothing was removed."""
+    ch, h, w = x.shape[1:]
+    weight = where.to(x.dtype)
+    n = weight.sum(dim=(1, 2))
+    empty = n <= 0
+    out = {}
+    for k in range(ch):
+        mean = (x[:, k] * weight).sum(dim=(1, 2)) / n.clamp_min(1)
+        var = ((x[:, k] - mean[:, None, None]) ** 2 * weight).sum(dim=(1, 2)) / n.clamp_min(1)
+        out[f"attended_mean_{k}"] = mean.double()
+        out[f"attended_std_{k}"] = var.sqrt().double()
+    yy = torch.arange(h, device=x.device, dtype=x.dtype)[:, None].expand(h, w)
+    xx = torch.arange(w, device=x.device, dtype=x.dtype)[None, :].expand(h, w)
+    edge = torch.minimum(torch.minimum(yy, h - 1 - yy), torch.minimum(xx, w - 1 - xx)) / (min(h, w) / 2)
+    out["attended_border"] = ((edge * weight).sum(dim=(1, 2)) / n.clamp_min(1)).double()
+    regions = region.bool().cpu().numpy()
+    apart = np.stack([ndimage.distance_transform_edt(~r) if r.any() else np.zeros(r.shape) for r in regions])
+    apart_t = torch.from_numpy(apart).to(x.device, x.dtype) / max(h, w)
+    out["attended_from_region"] = ((apart_t * weight).sum(dim=(1, 2)) / n.clamp_min(1)).double()
+    return {k: torch.where(empty.to(v.device), torch.nan, v) for k, v in out.items()}
 
 
 def guided_cells(mass: np.ndarray, area: np.ndarray, share: float, max_area: float) -> np.ndarray:

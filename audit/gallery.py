@@ -3,7 +3,8 @@
 Why in the run folder: a report must be re-renderable from the run alone (``audit report RUN_DIR``),
 years later, without the model or the audit set. Each case is one JPEG of three panels: the image, the
 map over it (normalised per image for display only; metrics use the raw map), and the image with the
-region's outline.
+region's outline. Cases shown as reliance evidence (a group that relies on outside evidence, a
+discovered candidate) have a fourth panel: the image as the model saw it with that evidence removed.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from scipy import ndimage
 
 from audit.cam import upsample
 from audit.config import AuditConfig
-from audit.disparity import PROBLEM_STATUSES
-from audit.imaging import resize_mask
-from audit.inputs import RowReader
+from audit.discovery import attended_mask
+from audit.disparity import PROBLEM_STATUSES, STATUS_RELIES, outside_drop, reliance_evidence
+from audit.imaging import dilate, fill_from_surroundings, heavy_blur, resize_mask
+from audit.inputs import RowReader, Sample
 from audit.runfolder import RunFolder
 from audit.stats import within_stratum_ranks
 
@@ -45,19 +47,54 @@ def outlined(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def triptych(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None, gap: int = 4) -> np.ndarray:
-    """image | map | region outline, side by side."""
+def triptych(
+    image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None, gap: int = 4, without: np.ndarray | None = None
+) -> np.ndarray:
+    """image | map | region outline, side by side, and the image without the evidence where given."""
     h, w = image.shape[:2]
-    out = np.full((h, 3 * w + 2 * gap, 3), 255, np.uint8)
-    for i, panel in enumerate((image, overlay(image, cam), outlined(image, mask))):
+    panels = [image, overlay(image, cam), outlined(image, mask), *([] if without is None else [without])]
+    out = np.full((h, len(panels) * w + (len(panels) - 1) * gap, 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
         out[:, i * (w + gap) : i * (w + gap) + w] = panel
     return out
 
 
-def select_cases(cfg: AuditConfig, images: pd.DataFrame, subgroups: pd.DataFrame) -> list[dict]:
-    """Gallery sections: every flagged image, worst focus first (up to ``report.max_cases``); then, for
-    each subgroup with a problem status, its images with the least focus compared with images of the
-    same explained class."""
+def without_evidence(cfg: AuditConfig, sample: Sample, record: pd.Series, size: tuple[int, int]) -> np.ndarray | None:
+    """The image at ``size`` with the evidence its reliance was judged on removed, as the audit removed
+    it (the same fills, at display resolution): the supplied rendering, the annotated artifact or the
+    attended cells filled from their surroundings, or the outside of the dilated region blurred."""
+    kind = record.get("evidence")
+    image = sample.image.display(size)
+    region = None if sample.region is None else resize_mask(sample.region, size)
+    c = cfg.counterfactual
+    if kind == "counterfactual" and sample.counterfactual is not None:
+        return sample.counterfactual.display(size)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+    if kind == "artifact" and sample.artifact is not None:
+        where = torch.from_numpy(resize_mask(sample.artifact, size))[None]
+        filled = fill_from_surroundings(x, where, c.blur_factor, c.fill)
+    elif kind == "occlusion":
+        cells = attended_mask(record, region, size, round(c.occlusion.margin * max(size)))
+        where = torch.from_numpy(cells)[None]
+        keep_out = where | (torch.zeros_like(where) if region is None else torch.from_numpy(region)[None])
+        filled = fill_from_surroundings(x, keep_out, c.blur_factor, c.fill)
+    elif kind == "outside" and region is not None:
+        where = ~dilate(torch.from_numpy(region)[None], round(c.dilate * max(size)))
+        filled = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    else:
+        return None
+    out = torch.where(where[:, None], filled, x)[0].permute(1, 2, 0).numpy()
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def select_cases(
+    cfg: AuditConfig, images: pd.DataFrame, subgroups: pd.DataFrame, candidates: pd.DataFrame | None = None
+) -> list[dict]:
+    """Gallery sections: every flagged image, worst focus first (up to ``report.max_cases``); for each
+    subgroup with a problem status, its images with the least focus compared with images of the same
+    explained class; for each group that relies on outside evidence, its images ranked by their drop
+    under the evidence judged, each beside that counterfactual; for each discovered candidate, its
+    exemplars beside the image with the attended cells removed."""
     flagged = images[images["flagged"]].sort_values(["focus", "row"]).head(cfg.report.max_cases)
     sections = [
         {
@@ -78,20 +115,56 @@ def select_cases(cfg: AuditConfig, images: pd.DataFrame, subgroups: pd.DataFrame
                 "total": len(members),
             }
         )
+    drops = images.assign(drop=outside_drop(images), evidence=reliance_evidence(images)).dropna(subset=["drop"])
+    for _, g in subgroups[subgroups["status"] == STATUS_RELIES].iterrows():
+        members = drops[drops[g["column"]].astype(str) == str(g["group"])]
+        members = members.sort_values(["drop", "row"], ascending=[False, True])
+        kinds = ", ".join(sorted(members["evidence"].astype(str).unique()))
+        sections.append(
+            {
+                "title": f"{g['column']} = {g['group']} ({STATUS_RELIES}): largest drop first, each beside the image "
+                f"without the evidence ({kinds})",
+                "rows": [int(r) for r in members["row"].head(THUMBS_PER_GROUP)],
+                "total": len(members),
+                "counterfactual": True,
+            }
+        )
+    for _, c in (candidates if candidates is not None else pd.DataFrame()).iterrows():
+        rows = [int(r) for r in str(c["exemplar_rows"]).split()]
+        verdict = "shortcut" if c["shortcut"] else "candidate"
+        sections.append(
+            {
+                "title": f"Discovered {verdict} {c['candidate']} ({c['what']}): exemplars, each beside the image "
+                "with its attended outside cells removed",
+                "rows": rows,
+                "total": int(c["n"]),
+                "counterfactual": True,
+                "evidence": "occlusion",
+            }
+        )
     return sections
 
 
 def write_cases(
-    cfg: AuditConfig, folder: RunFolder, images: pd.DataFrame, subgroups: pd.DataFrame, included: pd.DataFrame
+    cfg: AuditConfig,
+    folder: RunFolder,
+    images: pd.DataFrame,
+    subgroups: pd.DataFrame,
+    included: pd.DataFrame,
+    candidates: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Draw every selected case into ``folder.cases`` and index the sections in ``folder.cases_index``.
     ``included`` holds the manifest rows with their file paths (the images are read once more here). A
     case whose image can no longer be read, or has changed since it was audited (its SHA-256 differs),
     is not drawn; the section says why (``unavailable``)."""
-    sections = select_cases(cfg, images, subgroups)
+    sections = select_cases(cfg, images, subgroups, candidates)
     audited_sha = images.set_index("row")["image_sha256"]
+    records = images.assign(evidence=reliance_evidence(images)).set_index("row", drop=False)
     unavailable: dict[int, str] = {}
     rows = sorted({r for s in sections for r in s["rows"]})
+    # a case shown as evidence gets the fourth panel; drawn once, under the evidence it was judged on
+    # (a discovered candidate's exemplar: its attended cells)
+    beside = {r: s.get("evidence") for s in sections if s.get("counterfactual") for r in s["rows"]}
     folder.cases.mkdir(exist_ok=True)
     with np.load(folder.maps) as z:
         where = {int(r): i for i, r in enumerate(z["rows"])}
@@ -111,7 +184,12 @@ def write_cases(
                 continue
             cam = upsample(torch.from_numpy(maps[where[row]].astype(np.float32))[None], size)[0].numpy()
             region = None if sample.region is None else resize_mask(sample.region, size)
-            Image.fromarray(triptych(sample.image.display(size), cam, region)).save(
+            without = None
+            if row in beside:
+                record = records.loc[row].copy()
+                record["evidence"] = beside[row] or record["evidence"]
+                without = without_evidence(cfg, sample, record, size)
+            Image.fromarray(triptych(sample.image.display(size), cam, region, without=without)).save(
                 folder.case_image(row), format="JPEG", quality=85, optimize=True
             )
     for s in sections:

@@ -39,6 +39,7 @@ from audit.cam import (
 )
 from audit.config import AuditConfig, ConfigError, Explain, ModelSource, Preprocessing, load_config
 from audit.counterfactual import neutralised, probabilities, supplied
+from audit.discovery import discover
 from audit.disparity import absence_like_classes, disparity_tests, permutations_needed, reliance_evidence
 from audit.imaging import resize_mask
 from audit.inputs import InputError, RowReader, Sample, to_tensor
@@ -319,6 +320,7 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
     if cfg.counterfactual.enabled:
         grid, row_ids = tuple(e.cam.layer_maps.shape[-2:]), [int(r["row"]) for r in rows]
         cols.update(neutralised(cfg, ex.model, e.x, e.masks, e.arts, idx, e.explained_p, e.cam.maps, grid, row_ids))
+    attended = cols.pop("attended_cells", None)  # (B, gh, gw): the cells the guided occlusion filled
     cf = supplied(cfg, ex.model, e.cfs, idx)
     # no region, no localisation: metrics that need the region (and the outside's neutralisation) are NaN
     localised = torch.as_tensor([s.region is not None for s in samples])
@@ -341,6 +343,10 @@ def measure(cfg: AuditConfig, ex: Explainer, rows: list[dict], samples: list[Sam
             localisation_note=sample.no_region,
         )
         rec.update({k: float(v[i]) for k, v in cols.items()})
+        if attended is not None:  # on the grid "HxW", row-major; '' for a row without a region
+            cells = np.flatnonzero(attended[i].numpy()) if sample.region is not None else []
+            rec["attended_grid"] = "x".join(map(str, attended.shape[1:]))
+            rec["attended_cells"] = " ".join(map(str, cells))
         rec.update({f"p_{c}": float(e.probs[i, j]) for j, c in enumerate(classes)})
         if cf is not None:
             p_cf, pred_cf = float(cf[0][i]), int(cf[1][i])
@@ -499,13 +505,15 @@ def _aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     n_perm = permutations_needed(cfg, subgroup_columns(cfg), images)
     tests = disparity_tests(cfg, images, subgroup_columns(cfg), n_perm)
     table = subgroup_table(cfg, images, tests)
+    candidates, images["candidate"] = discover(cfg, images, list(cfg.data.subgroups))
     sanity = _sanity_result(cfg)
-    verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity)
+    verdict = decide(table, images, tuple(layer["map_size"]), cfg, sanity, candidates)
     run.mkdir(parents=True, exist_ok=True)
     images.to_parquet(run / "images.parquet", index=False)
     write_csv(table, folder.subgroups)
     write_csv(tests, folder.disparities)
     write_csv(exclusions, folder.exclusions)
+    write_csv(candidates, folder.discovery)
     write_maps(results, folder)
     folder.config.write_text(cfg.model_dump_json(indent=1))
     if (work / "sanity.csv").is_file():
@@ -545,6 +553,8 @@ def _aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "explained": cfg.explain.target,
         "n_permutations": n_perm,
         "reliance_evidence": {str(k): int(v) for k, v in reliance_evidence(images).value_counts().items()},
+        "discovered_candidates": len(candidates),
+        "discovered_shortcuts": int(candidates["shortcut"].sum()) if len(candidates) else 0,
         "absence_classes": list(cfg.data.absence_classes),
         "absence_like_classes": absence_like_classes(cfg, images, subgroup_columns(cfg)),
         "data_sha256": sha256_of_hashes(list(images["image_sha256"]) + list(images["mask_sha256"])),
@@ -626,7 +636,7 @@ def render(cfg: AuditConfig, config_path: Path, started: datetime) -> dict[str, 
 
     write_run_info(cfg, config_path, started, datetime.now(UTC))
     run = load_run(cfg.run_dir)
-    run.cases = write_cases(cfg, run.folder, run.images, run.subgroups, included_rows(cfg))
+    run.cases = write_cases(cfg, run.folder, run.images, run.subgroups, included_rows(cfg), run.discovery)
     return render_report(run)
 
 

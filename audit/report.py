@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from audit import charts, metrics
 from audit.comparison import MEASURES, RunComparison, write_comparison
-from audit.disparity import PROBLEM_STATUSES, STATUS_RELIES
+from audit.disparity import PROBLEM_STATUSES, STATUS_RELIES, has_counterfactual, outside_drop, reliance_evidence
 from audit.runfolder import Run, load_run
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -33,8 +33,11 @@ TERMS = {
     "attention": "where the maps look: focus, compared within each explained class separately (maps of "
     "different classes mean different things, and pooling them can cancel a shortcut)",
     "reliance": "what the decision rests on: the share of images whose explained-class probability drops by more "
-    "than the dependence threshold when the outside of the region (or an annotated artifact, or the supplied "
-    "counterfactual) is neutralised",
+    "than the dependence threshold when what lies outside the region is removed: the supplied counterfactual "
+    "rendering, else the annotated artifact, else the outside cells the map points at (beyond what removing as "
+    "much elsewhere does)",
+    "discovered candidate": "images whose maps attend to the same kind of thing outside the region, found without "
+    "annotations; a shortcut when it is concentrated in a subgroup or class and removing it changes predictions",
     "comparable images": "images of the same explained class and the same values of every other audited "
     "attribute; each test permutes group membership only among them, so an attribute is not blamed for a "
     "correlated attribute's difference",
@@ -96,6 +99,7 @@ def gallery(run: Run) -> list[dict]:
     """The cases the pipeline drew (``cases.json``), with their numbers from images.parquet."""
     cfg, images = run.config, run.images.set_index("row", drop=False)
     sections = []
+    images = images.assign(judged_drop=outside_drop(images), evidence=reliance_evidence(images))
     for s in run.cases:
         cases = []
         for row in s["rows"]:
@@ -114,11 +118,13 @@ def gallery(run: Run) -> list[dict]:
                     "explained": r["explained"],
                     "focus": float(r["focus"]),
                     "mass_in": float(r["mass_in"]),
-                    "drop": float(r["outside_delta"]) if "outside_delta" in r else float("nan"),
+                    "drop": float(r["judged_drop"]),
+                    "evidence": r["evidence"] or "",
                     "correct": bool(r["correct"]),
                 }
             )
-        sections.append({"title": s["title"], "total": s["total"], "cases": cases})
+        sections.append({"title": s["title"], "total": s["total"], "cases": cases,
+                         "counterfactual": bool(s.get("counterfactual"))})  # fmt: skip
     return sections
 
 
@@ -215,7 +221,8 @@ def context(run: Run) -> dict:
         "sections": gallery(run),
         "charts": chart_uris(run),
         "n_flagged": int(images["flagged"].sum()),
-        "has_counterfactual": "counterfactual_delta" in images,
+        "has_counterfactual": has_counterfactual(images),
+        "candidates": run.discovery.to_dict("records") if run.discovery is not None else [],
         "limitations": [
             t.format(
                 map=f"{summary['map_size'][0]}x{summary['map_size'][1]}",
@@ -238,7 +245,7 @@ def render_html(run: Run) -> str:
 def attached_files(run: Run) -> list[Path]:
     """The machine-readable results a reviewer can extract from the PDF alone."""
     f = run.folder
-    names = (f.images, f.subgroups, f.disparities, f.exclusions, f.summary, f.info, f.config, f.sanity)
+    names = (f.images, f.subgroups, f.disparities, f.exclusions, f.summary, f.info, f.config, f.sanity, f.discovery)
     return [p for p in names if p.is_file()]
 
 

@@ -73,6 +73,7 @@ class RunFolder:
     cases = property(lambda self: self.path / "cases")  # gallery images (image | map | region)
     cases_index = property(lambda self: self.path / "cases.json")  # gallery sections and their rows
     sanity = property(lambda self: self.path / "sanity.csv")  # the randomisation cascade, one row per step
+    discovery = property(lambda self: self.path / "discovery.csv")  # shortcut candidates found without annotations
     html = property(lambda self: self.path / "report.html")
     pdf = property(lambda self: self.path / "report.pdf")
 
@@ -83,7 +84,8 @@ class RunFolder:
     def outputs(self) -> tuple[Path, ...]:
         """Every file an audit writes at the top of the folder (what --overwrite may remove)."""
         return (self.images, self.subgroups, self.disparities, self.exclusions, self.summary, self.info,
-                self.config, self.maps, self.cases_index, self.sanity, self.html, self.pdf)  # fmt: skip
+                self.config, self.maps, self.cases_index, self.sanity, self.discovery, self.html,
+                self.pdf)  # fmt: skip
 
     @property
     def timings(self) -> Path:  # seconds per stage, for run.json: {"prepare", "sanity", "aggregate"}
@@ -169,6 +171,7 @@ class Run:
     disparities: pd.DataFrame
     exclusions: pd.DataFrame
     sanity: pd.DataFrame | None
+    discovery: pd.DataFrame | None = None
     cases: list[dict] = field(default_factory=list)
 
     @cached_property
@@ -206,5 +209,16 @@ def load_run(path: Path | str) -> Run:
         disparities=disparities,
         exclusions=read_csv(folder.exclusions, dtype=str, keep_default_na=False),
         sanity=pd.read_csv(folder.sanity) if folder.sanity.is_file() else None,
+        discovery=_read_discovery(folder.discovery),
         cases=json.loads(folder.cases_index.read_text()) if folder.cases_index.is_file() else [],
     )
+
+
+def _read_discovery(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_csv(path, dtype={"what": str, "concentrated_in": str, "exemplar_rows": str}, keep_default_na=False,
+                        na_values=[""])  # fmt: skip
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()

@@ -142,6 +142,8 @@ def _group_row(cfg: AuditConfig, images: pd.DataFrame, col: str, group: str) -> 
         k = int(outside_dependent(g, cfg)[measured].sum())
         lo, hi = proportion_ci(k, n_cf, cfg.stats.ci_level)
         rec["outside_drop_mean"] = float(outside_drop(g).mean())
+        kinds = reliance_evidence(g).value_counts()
+        rec["reliance_evidence"] = ", ".join(f"{kind} ({count})" for kind, count in kinds.items())
         rec.update(outside_dependent=k, outside_dependent_share=k / n_cf if n_cf else np.nan)
         rec.update(outside_dependent_ci_low=lo, outside_dependent_ci_high=hi)
     if "artifact_delta" in g:

@@ -86,7 +86,8 @@ def _subgroup_rules(v: Verdict, subgroups: pd.DataFrame, cfg: AuditConfig, with_
         return
     rules = {
         STATUS_RELIES: (t.subgroup_outside_dependence, "its predictions depend on evidence outside the region "
-                        "more often than in {against} (counterfactual: {excess} more per 100 comparable images)"),
+                        "more often than in {against} (counterfactual: {excess} more per 100 comparable images; "
+                        "evidence: {evidence})"),
         STATUS_ATTENTION: (t.attention_without_reliance, "attention without reliance: focus significantly below "
                            "{against}, but the counterfactual does not confirm reliance on outside evidence"),
         STATUS_LESS_FOCUS: (t.subgroup_disparity, "focus significantly below {against} (no counterfactual was "
@@ -95,7 +96,9 @@ def _subgroup_rules(v: Verdict, subgroups: pd.DataFrame, cfg: AuditConfig, with_
     for status, (level, text) in rules.items():
         for _, g in subgroups[subgroups["status"] == status].iterrows():
             excess = f"{100 * g.get('reliance_excess', float('nan')):.0f}"
-            reason = f"{g['column']} = {g['group']}: {text.format(against=_against(g), excess=excess)} " + (
+            evidence = g.get("reliance_evidence") or "none measured"
+            said = text.format(against=_against(g), excess=excess, evidence=evidence)
+            reason = f"{g['column']} = {g['group']}: {said} " + (
                 f"(smallest adjusted p = {g['p_adjusted_min']:.2g}, n = {g['n']})"
             )
             if level == "off":
@@ -110,17 +113,39 @@ def _subgroup_rules(v: Verdict, subgroups: pd.DataFrame, cfg: AuditConfig, with_
         v.checks.append(f"no subgroup differs from its reference in {what} ({judged} groups tested)")
 
 
+def _discovery_rule(v: Verdict, candidates: pd.DataFrame | None, cfg: AuditConfig) -> None:
+    """Candidates found without annotations: a shortcut (concentrated and changing predictions) is
+    raised to ``thresholds.discovered_shortcut``; the others are listed with the checks."""
+    if candidates is None or candidates.empty:
+        v.checks.append("shortcut discovery: no group of images attends to the same kind of thing outside the region")
+        return
+    for _, c in candidates.iterrows():
+        text = (
+            f"discovered candidate {c['candidate']} ({c['what']}; n = {c['n']}): its removal changes "
+            f"{c['dependent_share']:.0%} of its members' predictions against {c['rest_dependent_share']:.0%} of "
+            f"the other images (adjusted p = {c['p_effect_adjusted']:.2g})"
+            + (f", concentrated in {c['concentrated_in']}" if c["concentrated_in"] else ", concentrated in no group")
+        )
+        level = cfg.thresholds.discovered_shortcut
+        if c["shortcut"] and level != "off":
+            v.raise_to(level, f"shortcut discovered without annotations: {text}")
+        else:
+            v.checks.append(text + ("" if c["shortcut"] else " (not a shortcut: it needs both)"))
+
+
 def decide(
     subgroups: pd.DataFrame,
     images: pd.DataFrame,
     map_size: tuple[int, int],
     cfg: AuditConfig,
     sanity: dict | None = None,
+    candidates: pd.DataFrame | None = None,
 ) -> Verdict:
     """Apply the rules of ``cfg.thresholds`` in a fixed order."""
     t = cfg.thresholds
     v = Verdict()
     _subgroup_rules(v, subgroups, cfg, has_counterfactual(images))
+    _discovery_rule(v, candidates, cfg)
     located = images[localised(images)]  # the shares of localisation are over images with a region
     n = len(located)
     _share_rule(v, f"spurious focus (focus below {t.focus:g})", int(located["flagged"].sum()), n, t.flagged_share)

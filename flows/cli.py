@@ -238,6 +238,24 @@ def serve(
 
 
 @app.command()
+def accept(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. reports/<run_name>")],
+    candidate: Annotated[int, typer.Argument(help="the discovered candidate's number (report, discovery.csv)")],
+    out: Annotated[Path, typer.Option(help="a new, empty folder inside the data root for the masks")],
+) -> None:
+    """Write a discovered candidate's derived regions as artifact masks (one PNG per member image and
+    artifact_masks.csv), so the next audit tests it as an annotated artifact."""
+    from audit.discovery import accept as write_masks
+
+    try:
+        table = write_masks(run_dir, candidate, out)
+    except Exception as err:  # not a run, no such candidate, unreadable images: one line, exit 2
+        typer.echo(f"error: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"artifact masks: {table} (merge its artifact_mask_path column into the manifest by image_id)")
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. reports/<run_name>")]) -> None:
     """Render report.html and report.pdf again from a finished run folder alone (no model, no images)."""
     from audit.report import render_report

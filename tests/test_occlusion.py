@@ -50,7 +50,8 @@ def test_occlusion_follows_the_map_and_never_touches_the_region() -> None:
     maps[0, 0:8, 56:64] = 4.0  # image 0's map also points at a corner patch
     maps[0, 17:20, 20:44] = 2.0  # and bleeds just past the region's edge, inside the margin
     o = Occlusion(margin=0.05, grow=0)
-    guided, controls = occlusion_masks(o, maps, region, (8, 8), [0, 1])
+    guided, controls, cells = occlusion_masks(o, maps, region, (8, 8), [0, 1])
+    assert cells.shape == (2, 8, 8) and cells[0, 0, 7] and cells.sum() == 1
     assert guided[0, 0:8, 56:64].all()
     assert guided[0].sum() == 64
     margin = torch.zeros_like(region[0])
@@ -61,7 +62,7 @@ def test_occlusion_follows_the_map_and_never_touches_the_region() -> None:
     assert not (controls[0][0] & guided[0]).any()
     assert guided[1].sum() == 0 and all(c[1].sum() == 0 for c in controls)  # a map all inside: nothing
     # grown by a cell: the neighbours come too (a deep cell answers to what lies around it)
-    grown, _ = occlusion_masks(Occlusion(margin=0.05, grow=1), maps, region, (8, 8), [0, 1])
+    grown, _, _ = occlusion_masks(Occlusion(margin=0.05, grow=1), maps, region, (8, 8), [0, 1])
     assert grown[0, 0:16, 48:64].all() and int(grown[0, 16:, :].sum()) == 0
     assert not (grown & region).any() and grown[1].sum() == 0
 
@@ -125,6 +126,9 @@ def test_the_excess_drop_finds_a_model_that_rests_on_what_its_map_points_at(reli
     assert set(out) >= {"occlusion_delta", "occlusion_guided_delta", "occlusion_control_delta", "occluded_area"}
     # the attended corner cell and its three neighbours, all outside the region
     assert torch.allclose(out["occluded_area"], torch.full((4,), 256 / 64**2, dtype=out["occluded_area"].dtype))
+    # what was removed: the bright corner mark, at the border, far from the region
+    assert torch.allclose(out["attended_mean_0"], torch.full((4,), 0.25, dtype=torch.float64))
+    assert (out["attended_border"] < 0.25).all() and (out["attended_from_region"] > 0.15).all()
     if relies:
         assert (out["occlusion_delta"] > 0.4).all()
         assert (out["occlusion_control_delta"].abs() < 0.05).all()

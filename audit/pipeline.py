@@ -549,6 +549,7 @@ def _aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         "sanity": sanity,
         "layer": layer["layer"],
         "map_size": layer["map_size"],
+        "evidence_grid": _evidence_grid(cfg, images),
         "backend": layer["backend"],
         "explained": cfg.explain.target,
         "n_permutations": n_perm,
@@ -561,6 +562,17 @@ def _aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
     }
     folder.summary.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _evidence_grid(cfg: AuditConfig, images: pd.DataFrame) -> str | None:
+    """The grid the mask-only evidence worked on, and its cells' size at the model's input: a thing
+    smaller than a cell cannot be removed alone."""
+    grids = images["attended_grid"].replace("", np.nan).dropna() if "attended_grid" in images else pd.Series([])
+    if grids.empty:
+        return None
+    gh, gw = (int(v) for v in str(grids.iloc[0]).split("x"))
+    h, w = cfg.preprocessing.size
+    return f"{gh}x{gw} cells of {h / gh:.0f}x{w / gw:.0f} px at the model's {h}x{w} input"
 
 
 def write_maps(results: list[Path], folder: RunFolder) -> None:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import realworld
 import torch
 import yaml
 
@@ -79,6 +80,7 @@ class Case:
     train_n: int = 1500
     audit_n: int = 360
     seed: int = field(default=101)
+    source: str = "synthetic"  # or "ph2": real lesions and markings from ../shared/data (bench/realworld.py)
 
     def spec(self, split: str) -> ShortcutSpec:
         train, (p_mel, p_nev) = self.cooccurrence
@@ -160,6 +162,14 @@ WORLDS = [
         story="radiographs: burnt-in text marks the normal class at a defocused site",
     ),
     Case(
+        "ph2-real-ink",
+        "site_c",
+        POSITIVE,
+        World("ink"),
+        source="ph2",
+        story="real PH2 lesions with their masks, real HAM10000 ink markings at one site (../shared/data)",
+    ),
+    Case(
         "text-both",
         "site_a",
         WEAK,
@@ -174,8 +184,10 @@ def _images_key(case: Case, split: str) -> str:
     """What a split's images depend on (a model trained on them is valid while this holds)."""
     n = case.audit_n if split == "audit" else case.train_n
     seed = case.seed + (1 if split == "audit" else 0)
-    return json.dumps({"n": n, "seed": seed, "size": case.size, "spec": asdict(case.spec(split)),
-                       "world": asdict(case.world)}, sort_keys=True)  # fmt: skip
+    key = {"n": n, "seed": seed, "size": case.size, "spec": asdict(case.spec(split)), "world": asdict(case.world)}
+    if case.source != "synthetic":
+        key["source"] = case.source
+    return json.dumps(key, sort_keys=True)
 
 
 def _split(root: Path, case: Case, split: str) -> Path:
@@ -185,7 +197,10 @@ def _split(root: Path, case: Case, split: str) -> Path:
     key = f"{_images_key(case, split)} generator {GENERATOR}"
     stamp = folder / "params.json"
     if not (stamp.is_file() and stamp.read_text() == key):
-        generate(folder, n, seed, case.size, case.spec(split), workers=2, world=case.world)
+        if case.source == "ph2":
+            realworld.generate(folder, n, seed, case.size, case.spec(split), split)
+        else:
+            generate(folder, n, seed, case.size, case.spec(split), workers=2, world=case.world)
         stamp.write_text(key)
     return folder / "manifest.csv"
 
@@ -395,6 +410,10 @@ def main() -> None:
     args = parser.parse_args()
     if not args.skip_worlds:
         chosen = [w for w in WORLDS if not args.worlds or w.name in args.worlds.split(",")]
+        missing = realworld.available()
+        if missing:
+            print(f"worlds from real images skipped: {missing}", flush=True)
+            chosen = [w for w in chosen if w.source == "synthetic"]
         for evidence in args.evidence.split(","):
             rows = []
             for case in chosen:

@@ -33,13 +33,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import realworld
 import torch
 import yaml
+from PIL import Image
 
 from audit.config import AuditConfig, load_config
 from audit.counterfactual import probabilities
+from audit.discovery import attended_mask
 from audit.disparity import (
     STATUS_ATTENTION,
     STATUS_LESS_FOCUS,
@@ -284,8 +287,32 @@ def run_world(cache: Path, case: Case, evidence: str) -> list[dict]:
             trained_on.write_text(_images_key(case, split))
         cfg, summary, groups, images = audit(_config(root, case, f"{twin}-{evidence}", model, audit_manifest))
         images["truly_reliant"] = images["row"].map(truly_reliant(cfg, full_manifest))
-        rows.append(judge(case, twin, summary, groups, images))
+        rows.append({**judge(case, twin, summary, groups, images), **discovered(cfg, case, images, full_manifest)})
     return rows
+
+
+def discovered(cfg: AuditConfig, case: Case, images: pd.DataFrame, manifest: Path) -> dict:
+    """Discovery against the planted truth: how many candidates were called shortcuts, whether one
+    names the planted site, and the share of the planted artifact's pixels (on the marked images it
+    names) that its derived regions cover."""
+    table = pd.read_csv(cfg.run_dir / "discovery.csv") if (cfg.run_dir / "discovery.csv").stat().st_size else None
+    out = {"discovered": 0, "names_planted": False, "artifact_covered": float("nan")}
+    if table is None or table.empty:
+        return out
+    shortcuts = table[table["shortcut"]]
+    naming = shortcuts[shortcuts["concentrated_in"].fillna("").str.contains(f"site = {case.site} ", regex=False)]
+    out.update(discovered=len(shortcuts), names_planted=bool(len(naming)))
+    if not len(naming):
+        return out
+    members = images[images["candidate"].isin(naming["candidate"]) & images["has_artifact"].astype(str).eq("True")]
+    artifact_paths = pd.read_csv(manifest).set_index("image_id")["artifact_mask_path"]
+    hit = total = 0
+    for _, r in members.iterrows():
+        truth = np.asarray(Image.open(manifest.parent / artifact_paths[r["image_id"]])) > 127
+        derived = attended_mask(r, None, truth.shape, 0)
+        hit, total = hit + int((truth & derived).sum()), total + int(truth.sum())
+    out["artifact_covered"] = hit / total if total else float("nan")
+    return out
 
 
 def detection(images: pd.DataFrame) -> dict[str, float]:
@@ -368,6 +395,10 @@ def report(rows: list[dict]) -> str:
         f"innocent groups failed: {int(table['innocent_failed'].sum())} of {int(table['innocent_tested'].sum())} "
         f"tested (planted and clean models)",
         f"correlated groups failed: {int(table['correlated_failed'].sum())}",
+        f"discovery: planted models with a shortcut candidate naming the planted site "
+        f"{int(strong['names_planted'].sum())} of {len(strong)} (artifact pixels its regions cover on the images "
+        f"it names: min {strong['artifact_covered'].min():.2f}); clean twins with a candidate called a shortcut: "
+        f"{int((clean['discovered'] > 0).sum())} of {len(clean)}",
         f"clean twins: {int((clean['verdict'] == 'pass').sum())} pass, "
         f"{int((clean['verdict'] == 'warn').sum())} warn, {int((clean['verdict'] == 'fail').sum())} fail; "
         f"clean twins whose maps look at the artifact (attention > 1): "

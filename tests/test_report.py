@@ -19,7 +19,8 @@ from tests.conftest import write_config
 SECTIONS = (
     "Executive summary", "Intended use, population and audit set", "Subgroup definitions",
     "Subgroups: attention and reliance", "Localisation per subgroup and intersection", "Performance by subgroup",
-    "Right for the wrong reason", "Counterfactual confirmation", "Flagged cases", "Explanation sanity check",
+    "Right for the wrong reason", "Counterfactual confirmation", "Shortcut discovery without annotations",
+    "Flagged cases", "Explanation sanity check",
     "Methods", "Limitations", "Exclusions", "Reproducibility", "Sign-off",
 )  # fmt: skip
 HOSTILE_CLASSES = ["nevus</table>", "<script>alert(2)</script>"]
@@ -50,7 +51,12 @@ def test_every_section_is_in_the_pdf_with_the_data_attached(packet: Path) -> Non
     for section in SECTIONS:
         assert section in text, section
     attached = reader.attachments
-    assert {"images.parquet", "subgroups.csv", "exclusions.csv", "run.json", "config.json"} <= set(attached)
+    assert {"images.parquet", "subgroups.csv", "exclusions.csv", "run.json", "config.json", "discovery.csv"} <= set(
+        attached
+    )
+    # the tiny set has artifact masks and renderings: the report names the evidence each image rested on
+    flat = " ".join(text.split())
+    assert "Evidence used here: counterfactual for" in flat
     from_pdf = pd.read_parquet(io.BytesIO(attached["images.parquet"][0]))
     pd.testing.assert_frame_equal(from_pdf, pd.read_parquet(packet / "images.parquet"))
     xmp = reader.xmp_metadata

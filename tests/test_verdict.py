@@ -104,3 +104,25 @@ def test_sanity_warning_follows_its_setting_and_coarse_maps_warn() -> None:
 def test_warn_above_fail_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"thresholds\.flagged_share"):
         _cfg(flagged_share={"warn": 0.5, "fail": 0.2})
+
+
+def _candidates(shortcut: bool) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"candidate": 2, "n": 40, "what": "colour #c3928f, near the border", "dependent_share": 0.5,
+          "rest_dependent_share": 0.05, "p_effect_adjusted": 1e-6, "shortcut": shortcut,
+          "concentrated_in": "site = c (100% of members, 20% of the rest)" if shortcut else ""}]
+    )  # fmt: skip
+
+
+def test_a_discovered_shortcut_warns_and_a_mere_candidate_is_listed() -> None:
+    found = decide(_groups(), _images(), (8, 8), _cfg(), None, _candidates(True))
+    assert found.status == "warn" and "discovered candidate 2" in found.reasons[0] and "site = c" in found.reasons[0]
+    assert decide(_groups(), _images(), (8, 8), _cfg(discovered_shortcut="fail"), None, _candidates(True)).status == (
+        "fail"
+    )
+    off = decide(_groups(), _images(), (8, 8), _cfg(discovered_shortcut="off"), None, _candidates(True))
+    assert off.status == "pass" and any("discovered candidate 2" in c for c in off.checks)
+    looked = decide(_groups(), _images(), (8, 8), _cfg(), None, _candidates(False))
+    assert looked.status == "pass" and any("not a shortcut" in c for c in looked.checks)
+    none = decide(_groups(), _images(), (8, 8), _cfg(), None, pd.DataFrame())
+    assert any("shortcut discovery: no group" in c for c in none.checks)

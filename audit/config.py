@@ -378,9 +378,9 @@ class Occlusion(_Strict):
     control cancels what filling patches anywhere does by itself.
     """
 
-    mass_share: float = Field(default=0.5, gt=0, le=1)
+    mass_share: float = Field(default=0.8, gt=0, le=1)
     grow: int = Field(default=1, ge=0, le=8)
-    max_area: float = Field(default=0.25, gt=0, le=1)
+    max_area: float = Field(default=0.5, gt=0, le=1)
     margin: float = Field(default=0.02, ge=0, le=0.5)
     controls: int = Field(default=2, ge=1, le=16)
     max_grid: int = Field(default=32, ge=2)

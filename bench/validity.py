@@ -66,6 +66,7 @@ NEGATIVE = (ShortcutSpec(p_artifact_if_melanoma=0.0, p_artifact_if_nevus=0.95), 
 BOTH = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.3), (0.6, 0.9))
 WEAK = (ShortcutSpec(p_artifact_if_melanoma=0.9, p_artifact_if_nevus=0.25), (0.7, 0.5))
 TONES = (0.4, 0.35, 0.25)
+MIN_TRUTH = 0.2  # a shortcut that changes fewer of the planted site's marked predictions is not counted
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,12 @@ def judge(case: Case, twin: str, summary: dict, groups: pd.DataFrame, images: pd
 
 def report(rows: list[dict]) -> str:
     table = pd.DataFrame(rows)
+    # below the detection limit, not counted: declared weak, or a planted model that barely learned its
+    # shortcut (removing the artifact changes under MIN_TRUTH of the planted site's marked predictions)
+    learned = table[table["twin"] == "planted"].set_index("world")["flips_without_artifact"]
+    table["weak"] = table["weak"] | table["world"].map(learned < MIN_TRUTH).fillna(False).astype(bool)
+    table["world"] = table["world"].where(~table["weak"] | table["world"].str.endswith("(weak)"),
+                                          table["world"] + " (weak)")  # fmt: skip
     planted, clean = table[table["twin"] == "planted"], table[table["twin"] == "clean"]
     strong = planted[~planted["weak"]]
     shown = table.drop(columns=["innocent_tested", "correlated_failed", "weak", "judged_on", "other_warnings"])

@@ -66,7 +66,7 @@ NEGATIVE = (ShortcutSpec(p_artifact_if_melanoma=0.0, p_artifact_if_nevus=0.95), 
 BOTH = (ShortcutSpec(p_artifact_if_melanoma=0.95, p_artifact_if_nevus=0.3), (0.6, 0.9))
 WEAK = (ShortcutSpec(p_artifact_if_melanoma=0.9, p_artifact_if_nevus=0.25), (0.7, 0.5))
 TONES = (0.4, 0.35, 0.25)
-MIN_TRUTH = 0.2  # a shortcut that changes fewer of the planted site's marked predictions is not counted
+MIN_TRUTH = 0.15  # a shortcut that changes fewer of its site's marked predictions is below the detection limit
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from audit.examples.synth import AGE_BANDS, SEXES, SITES, ShortcutSpec
+from audit.examples.synth import AGE_BANDS, SEXES, SITES, ShortcutSpec, run_jobs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = ("nevus", "melanoma")
@@ -137,14 +137,7 @@ def generate(out: Path, n: int, seed: int, size: int, spec: ShortcutSpec, split:
             "artifact_mask_path": f"artifact_masks/{image_id}.png",
             "counterfactual_path": f"counterfactual/{image_id}.png",
         })  # fmt: skip
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_one, jobs, chunksize=16))
-    else:
-        for job in jobs:
-            _one(job)
+    run_jobs(_one, jobs, workers)
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out / "manifest.csv", index=False)
     return manifest

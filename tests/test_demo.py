@@ -33,7 +33,7 @@ def test_counterfactual_differs_only_under_the_artifact() -> None:
     assert not (diff & ~ndimage.binary_dilation(r["artifact_mask"], iterations=3)).any()
 
 
-@pytest.mark.parametrize("artifact", ["ink", "ruler", "text", "vignette"])
+@pytest.mark.parametrize("artifact", ["ink", "ruler", "text", "vignette", "circle"])
 @pytest.mark.parametrize("acquisition", [None, "blur", "cast"])
 def test_every_artifact_stays_off_the_lesion_and_is_all_the_counterfactual_removes(
     artifact: str, acquisition: str | None
@@ -49,6 +49,21 @@ def test_every_artifact_stays_off_the_lesion_and_is_all_the_counterfactual_remov
     unmarked = render(seed=2, index=7, size=96, melanoma=False, with_artifact=False, artifact=artifact, tone="dark",
                       acquisition=acquisition)  # fmt: skip
     assert (unmarked["image"] == r["counterfactual"]).all() and not unmarked["artifact_mask"].any()
+
+
+@pytest.mark.parametrize("artifact", ["marker", "text"])
+def test_radiographs_keep_their_artifact_outside_the_body_and_the_lungs(artifact: str) -> None:
+    from scipy import ndimage
+
+    from audit.examples.synth import render_radiograph
+
+    r = render_radiograph(seed=3, index=2, size=96, positive=True, with_artifact=True, artifact=artifact,
+                          acquisition="contrast")  # fmt: skip
+    assert r["image"].shape == (96, 96, 3) and (r["image"][..., 0] == r["image"][..., 2]).all()  # grayscale
+    lungs = r["lesion_mask"]
+    assert 0.15 < lungs.mean() < 0.4 and r["artifact_mask"].any() and not (r["artifact_mask"] & lungs).any()
+    diff = np.abs(r["image"].astype(int) - r["counterfactual"].astype(int)).sum(axis=2) > 3
+    assert diff.any() and not (diff & ~ndimage.binary_dilation(r["artifact_mask"], iterations=2)).any()
 
 
 def test_a_world_can_correlate_skin_tone_with_a_site(tmp_path: Path) -> None:

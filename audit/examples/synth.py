@@ -20,6 +20,7 @@ reproduces the same pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,6 +368,19 @@ def _attributes(world: World, seed: int, i: int) -> dict[str, str]:
     return out
 
 
+def run_jobs(write: Callable[[tuple], None], jobs: list[tuple], workers: int) -> None:
+    """``write`` each job, on ``workers`` processes where more than one (each job draws from its own
+    seeded generator, so the files do not depend on the number)."""
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(write, jobs, chunksize=16))
+    else:
+        for job in jobs:
+            write(job)
+
+
 def generate(
     out_dir: Path,
     n: int,
@@ -421,14 +435,7 @@ def generate(
                 "counterfactual_path": f"counterfactual/{image_id}.png",
             }
         )
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_one, jobs, chunksize=16))
-    else:
-        for job in jobs:
-            _write_one(job)
+    run_jobs(_write_one, jobs, workers)
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out_dir / "manifest.csv", index=False)
     return manifest

@@ -48,16 +48,13 @@ def neutralised(
     ``occluded_area`` (the guided fill's share of the image), on the grid of ``layer_shape``, the
     controls seeded by the manifest ``rows``."""
     c = cfg.counterfactual
-    fill = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    keep = dilate(masks, round(c.dilate * max(x.shape[-2:])))[:, None].to(x.dtype)
-    batches = {"outside": x * keep + fill * (1 - keep)}
+    batches = {"outside": outside_replaced(x, masks, c)}
     out: dict[str, torch.Tensor] = {}
     have = [i for i, a in enumerate(arts) if a is not None]
     if have:
         art = torch.zeros_like(masks, dtype=torch.bool)
         art[have] = torch.stack([arts[i] for i in have]).to(art.device)
-        a = art[:, None].to(x.dtype)
-        batches["artifact"] = x * (1 - a) + fill_from_surroundings(x, art, c.blur_factor, c.fill) * a
+        batches["artifact"] = artifact_filled(x, art, c)
         has = art.flatten(1).any(dim=1)
         annotated = torch.zeros_like(has)
         annotated[have] = True
@@ -88,6 +85,21 @@ def neutralised(
     return out
 
 
+def outside_replaced(x: torch.Tensor, masks: torch.Tensor, c: Counterfactual) -> torch.Tensor:
+    """``x`` with everything beyond the masks (B, H, W) dilated by ``c.dilate`` of the side replaced
+    by ``c.fill`` (a heavy blur of the image itself, or its mean colour)."""
+    fill = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    keep = dilate(masks, round(c.dilate * max(x.shape[-2:])))[:, None].to(x.dtype)
+    return x * keep + fill * (1 - keep)
+
+
+def artifact_filled(x: torch.Tensor, artifact: torch.Tensor, c: Counterfactual) -> torch.Tensor:
+    """``x`` with the artifact (B, H, W) filled from the pixels around it only, so its own colour never
+    leaks into its fill."""
+    a = artifact[:, None].to(x.dtype)
+    return x * (1 - a) + fill_from_surroundings(x, artifact, c.blur_factor, c.fill) * a
+
+
 def occluded(x: torch.Tensor, where: torch.Tensor, region: torch.Tensor, c: Counterfactual) -> torch.Tensor:
     """``x`` with the pixels ``where`` (B, H, W) filled from their surroundings; neither the filled
     pixels nor the region's own feed the fill (a lesion must not spread into the patch beside it)."""
@@ -98,8 +110,9 @@ def occluded(x: torch.Tensor, where: torch.Tensor, region: torch.Tensor, c: Coun
 
 def occlusion_masks(
     o: Occlusion, maps: torch.Tensor, region: torch.Tensor, layer_shape: tuple[int, int], rows: list[int]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The guided occlusion (B, H, W) and ``o.controls`` matched controls of the same area.
+) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray]:
+    """The guided occlusion (B, H, W), ``o.controls`` matched controls of the same area, and the
+    guided cells on the grid (B, gh, gw).
 
     Cells are the explained layer's grid (capped at ``o.max_grid`` a side): a map cannot say more
     than its resolution. Guided: the outside cells holding ``o.mass_share`` of the map's mass outside
@@ -122,10 +135,9 @@ def occlusion_masks(
         rng = np.random.default_rng([o.seed, int(rows[i])])
         for k in range(o.controls):
             controls[k, i] = control_cells(area_np[i], guided[i], rng)
-    cell_np = cell.cpu()
 
     def to_pixels(selected: np.ndarray) -> torch.Tensor:
-        picked = torch.from_numpy(selected).to(maps.device)[:, cell_np.to(maps.device)]
+        picked = torch.from_numpy(selected).to(maps.device)[:, cell]
         return (picked & outside).reshape(b, h, w)
 
     return to_pixels(guided), [to_pixels(controls[k]) for k in range(o.controls)], guided.reshape(b, gh, gw)

@@ -94,9 +94,8 @@ def _concentration(cfg: AuditConfig, member: np.ndarray, frame: pd.DataFrame, co
             c, d = int((~member & in_group).sum()), int((~member & ~in_group).sum())
             if a < cfg.thresholds.min_group_size // 2 or not (c + d) or not (a + b):
                 continue
-            share_members, share_rest = a / (a + b), c / (c + d) if c + d else np.nan
-            out.append({"column": col, "group": group, "members_in_group": a, "share_of_members": share_members,
-                        "share_of_rest": share_rest, "p": _fisher_greater(a, b, c, d)})  # fmt: skip
+            out.append({"column": col, "group": group, "members_in_group": a, "share_of_members": a / (a + b),
+                        "share_of_rest": c / (c + d), "p": _fisher_greater(a, b, c, d)})  # fmt: skip
     return out
 
 
@@ -211,8 +210,7 @@ def accept(run_dir: Path, candidate: int, out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise AcceptError(f"{out} is not empty: name a new folder (nothing there is overwritten)")
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    shards = sorted(run.folder.work.glob("shard_????.parquet"))
-    rows = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True).set_index("row", drop=False)
+    rows = run.folder.included_rows().set_index("row", drop=False)
     reader, margin, written = RowReader(run.config), run.config.counterfactual.occlusion.margin, []
     for _, record in members.iterrows():
         sample = reader.read(rows.loc[int(record["row"])].to_dict())

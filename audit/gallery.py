@@ -20,9 +20,10 @@ from scipy import ndimage
 
 from audit.cam import upsample
 from audit.config import AuditConfig
+from audit.counterfactual import artifact_filled, occluded, outside_replaced
 from audit.discovery import attended_mask
 from audit.disparity import PROBLEM_STATUSES, STATUS_RELIES, outside_drop, reliance_evidence
-from audit.imaging import dilate, fill_from_surroundings, heavy_blur, resize_mask
+from audit.imaging import resize_mask
 from audit.inputs import RowReader, Sample
 from audit.runfolder import RunFolder
 from audit.stats import within_stratum_ranks
@@ -70,21 +71,17 @@ def without_evidence(cfg: AuditConfig, sample: Sample, record: pd.Series, size: 
     if kind == "counterfactual" and sample.counterfactual is not None:
         return sample.counterfactual.display(size)
     x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+    inside = torch.from_numpy(np.zeros(size, bool) if region is None else region)[None]
     if kind == "artifact" and sample.artifact is not None:
-        where = torch.from_numpy(resize_mask(sample.artifact, size))[None]
-        filled = fill_from_surroundings(x, where, c.blur_factor, c.fill)
+        out = artifact_filled(x, torch.from_numpy(resize_mask(sample.artifact, size))[None], c)
     elif kind == "occlusion":
         cells = attended_mask(record, region, size, round(c.occlusion.margin * max(size)))
-        where = torch.from_numpy(cells)[None]
-        keep_out = where | (torch.zeros_like(where) if region is None else torch.from_numpy(region)[None])
-        filled = fill_from_surroundings(x, keep_out, c.blur_factor, c.fill)
+        out = occluded(x, torch.from_numpy(cells)[None], inside, c)
     elif kind == "outside" and region is not None:
-        where = ~dilate(torch.from_numpy(region)[None], round(c.dilate * max(size)))
-        filled = heavy_blur(x, c.blur_factor) if c.fill == "blur" else x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+        out = outside_replaced(x, inside, c)
     else:
         return None
-    out = torch.where(where[:, None], filled, x)[0].permute(1, 2, 0).numpy()
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return np.clip(np.round(out[0].permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
 
 
 def select_cases(

@@ -63,8 +63,7 @@ def work_dir(cfg: AuditConfig) -> Path:
 
 def included_rows(cfg: AuditConfig) -> pd.DataFrame:
     """The manifest rows :func:`prepare` let through, with their file paths, from the shard files."""
-    shards = sorted(work_dir(cfg).glob("shard_????.parquet"))
-    return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+    return RunFolder(cfg.run_dir).included_rows()
 
 
 # --------------------------------------------------------------------------- prepare

@@ -77,6 +77,11 @@ class RunFolder:
     html = property(lambda self: self.path / "report.html")
     pdf = property(lambda self: self.path / "report.pdf")
 
+    def included_rows(self) -> pd.DataFrame:
+        """The manifest rows the run let through, with their file paths, from its shard files."""
+        shards = sorted(self.work.glob("shard_????.parquet"))
+        return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+
     def case_image(self, row: int) -> Path:
         return self.cases / f"row_{row:06d}.jpg"
 

@@ -127,10 +127,12 @@ def _discovery_rule(v: Verdict, candidates: pd.DataFrame | None, cfg: AuditConfi
             + (f", concentrated in {c['concentrated_in']}" if c["concentrated_in"] else ", concentrated in no group")
         )
         level = cfg.thresholds.discovered_shortcut
-        if c["shortcut"] and level != "off":
-            v.raise_to(level, f"shortcut discovered without annotations: {text}")
+        if not c["shortcut"]:
+            v.checks.append(f"{text} (not a shortcut: it needs both)")
+        elif level == "off":
+            v.checks.append(f"shortcut discovered without annotations: {text} [rule switched off]")
         else:
-            v.checks.append(text + ("" if c["shortcut"] else " (not a shortcut: it needs both)"))
+            v.raise_to(level, f"shortcut discovered without annotations: {text}")
 
 
 def decide(

@@ -44,7 +44,7 @@ def neutralised(
     filled from its surroundings only, so its own colour (a dark vignette, a purple stroke) never
     leaks into its fill; an empty artifact mask is an annotation too ("no artifact here": drop ~0).
     With ``counterfactual.evidence: occlusion`` also ``occlusion_delta`` (the guided fill's drop minus
-    the controls' mean drop), ``occlusion_guided_delta``, ``occlusion_control_delta`` and
+    the controls' mean drop, a control's rise counted as no drop), ``occlusion_guided_delta``, ``occlusion_control_delta`` and
     ``occluded_area`` (the guided fill's share of the image), on the grid of ``layer_shape``, the
     controls seeded by the manifest ``rows``."""
     c = cfg.counterfactual
@@ -77,7 +77,9 @@ def neutralised(
     if "artifact" in drops:
         out["artifact_delta"] = torch.where(out["artifact_area"].isnan(), torch.nan, drops["artifact"])
     if occlusion:
-        control = torch.stack([drops[n] for n in drops if n.startswith("control_")]).mean(dim=0)
+        # a control whose fill *raised* the explained class removed counter-evidence, not an off-target
+        # effect of filling: it counts as no drop, so it cannot inflate the guided fill's excess
+        control = torch.stack([drops[n].clamp_min(0) for n in drops if n.startswith("control_")]).mean(dim=0)
         out["occlusion_guided_delta"] = drops["guided"]
         out["occlusion_control_delta"] = control
         # a map with no mass outside the region has nothing there to remove: both fills are empty, drop 0

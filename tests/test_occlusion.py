@@ -147,3 +147,34 @@ def test_blur_evidence_leaves_the_occlusion_out() -> None:
     idx = torch.zeros(2, dtype=torch.long)
     out = neutralised(cfg, forward, x, region, [None, None], idx, forward(x).softmax(1)[:, 0], maps, (8, 8), [0, 1])
     assert "outside_delta" in out and "occlusion_delta" not in out
+
+
+def test_a_control_that_removes_counter_evidence_does_not_inflate_the_excess() -> None:
+    """Dots everywhere outside lower class b; the map points at an empty corner. The controls remove
+    dots (class b rises: a negative drop); the guided fill removes nothing the model reads. The excess
+    must stay at zero, not become evidence of reliance on the corner."""
+    maps, region = _scene(b=4)
+    maps[:, 0:8, 56:64] = 4.0
+    x = torch.zeros(4, 3, 64, 64)
+    x[:, :, 20:44, 20:44] = 0.5
+    x[:, :, 4::8, 4::8] = 1.0  # a dot at the centre of every cell
+    x[:, :, 0:16, 48:64] = 0.0  # none in the attended corner and its neighbours
+    x[:, :, 20:44, 20:44] = 0.5
+
+    read = torch.ones(8, 8)
+    read[0:2, 6:8] = 0  # the model never reads the corner cells
+    shown = float((x[0, 0, 4::8, 4::8] * read).sum())
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        dots = (batch[:, 0, 4::8, 4::8] * read).sum(dim=(1, 2))
+        return torch.stack([torch.zeros_like(dots), shown - 1 - dots], dim=1)
+
+    idx = torch.ones(4, dtype=torch.long)
+    p = forward(x).softmax(dim=1)[:, 1]
+    out = neutralised(_cfg(), forward, x, region, [None] * 4, idx, p, maps, (8, 8), [0, 1, 2, 3])
+    assert (out["occlusion_guided_delta"].abs() < 1e-4).all()
+    # every control removes dots, so raw it would read as a large excess; counted as no drop it is none
+    raised = torch.stack([forward(occluded(x, c, region, _cfg().counterfactual)).softmax(1)[:, 1] for c in
+                          occlusion_masks(_cfg().counterfactual.occlusion, maps, region, (8, 8), [0, 1, 2, 3])[1]])  # fmt: skip
+    assert (raised > p + 0.1).all()
+    assert (out["occlusion_control_delta"] == 0).all() and (out["occlusion_delta"].abs() < 1e-4).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 
 import matplotlib
 
@@ -16,9 +17,37 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import font_manager
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+# group names come in any script: matplotlib falls back glyph by glyph through these families (font file
+# -> family), where installed
+FALLBACK = {
+    "NotoSans-Regular.ttf": "Noto Sans",
+    "NotoSansCJK-Regular.ttc": "Noto Sans CJK JP",
+    "NotoSansArabic-Regular.ttf": "Noto Sans Arabic",
+    "NotoSansHebrew-Regular.ttf": "Noto Sans Hebrew",
+    "NotoSansDevanagari-Regular.ttf": "Noto Sans Devanagari",
+    "NotoSansThai-Regular.ttf": "Noto Sans Thai",
+}
+SHOWN_LABEL = 60  # characters of a group label on a chart
+
+
+def _fallback_families() -> list[str]:
+    """The fallback families matplotlib can use; fonts installed after it cached its font list (``make``
+    installs Noto on first use) are added to it here."""
+    known = {f.name for f in font_manager.fontManager.ttflist}
+    if not all(name in known for name in FALLBACK.values()):
+        for path in font_manager.findSystemFonts():
+            name = FALLBACK.get(path.rsplit("/", 1)[-1])
+            if name and name not in known:
+                font_manager.fontManager.addfont(path)
+                known.add(name)
+    return [name for name in FALLBACK.values() if name in known]
+
+
 RC = {
+    "font.family": ["DejaVu Sans", *_fallback_families()],
     "text.parse_math": False,  # a group named "$x$" is text, not (possibly invalid) math
     "svg.hashsalt": "focus-audit",
     "svg.fonttype": "path",
@@ -31,13 +60,16 @@ PROBLEM_COLOUR, OK_COLOUR, REFERENCE_COLOUR = "#c62828", "#37474f", "#1565c0"
 
 def _svg_uri(fig: plt.Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    with warnings.catch_warnings():  # a glyph no installed font has (colour emoji) is drawn as a box
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _labels(groups: pd.DataFrame) -> list[str]:
-    return [f"{c} = {g}" for c, g in zip(groups["column"], groups["group"], strict=True)]
+    out = [f"{c} = {g}" for c, g in zip(groups["column"], groups["group"], strict=True)]
+    return [t if len(t) <= SHOWN_LABEL else t[: SHOWN_LABEL - 1] + "…" for t in out]
 
 
 def focus_by_group(groups: pd.DataFrame, overall: float, problems: tuple[str, ...]) -> str:

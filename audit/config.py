@@ -219,6 +219,10 @@ class Data(_Strict):
     ``absence_classes``: classes whose evidence is the *absence* of a finding ("normal", "no finding"),
     so their maps are not expected inside the region: their focus is reported but neither judged nor
     flagged (the counterfactual still is: a "normal" call that rests on a ruler is a shortcut too).
+    Limits that bound what one row can cost, each refusal that row's exclusion: ``max_cell_chars``
+    (any manifest cell), ``max_pixels`` (an image's or mask's width x height, read from its header
+    before decoding) and ``max_decoded_mb`` (the decoded pixel data: width x height x channels x bytes
+    per sample x frames, also from the header).
     """
 
     manifest: Path
@@ -234,6 +238,9 @@ class Data(_Strict):
     mask: MaskSource = MaskSource()
     mask_threshold: int = Field(default=127, ge=0, le=254)
     dicom_frame: int | None = Field(default=None, ge=0)
+    max_cell_chars: int = Field(default=4096, ge=64)
+    max_pixels: int = Field(default=40_000_000, ge=4096)
+    max_decoded_mb: float = Field(default=512.0, gt=0)
 
     @model_validator(mode="after")
     def _known_columns(self) -> Data:
@@ -375,7 +382,9 @@ class Occlusion(_Strict):
     outside cells are filled the same way (seeded per manifest row by ``seed``). The evidence is the
     excess drop: the explained class's probability drop under the guided fill minus the mean drop under
     the controls. Filling a few patches keeps the image close to what the model was trained on, and the
-    control cancels what filling patches anywhere does by itself.
+    control cancels what filling patches anywhere does by itself. A control whose fill *raises* the
+    explained class's probability counts as no drop: it removed counter-evidence (the other class's
+    shortcut), which is no off-target effect of filling and must not inflate the excess.
     """
 
     mass_share: float = Field(default=0.8, gt=0, le=1)
@@ -473,12 +482,16 @@ class Orchestration(_Strict):
 
     ``cache_dir``: where finished shards are kept by content (:mod:`audit.shardcache`), so a killed run
     started again recomputes only unfinished shards; default ``<output_dir>/.shard-cache``.
+
+    ``api_startup_seconds``: how long ``audit run`` waits for the temporary Prefect API it starts when
+    no ``PREFECT_API_URL`` is set (Prefect's own default, 20 s, is too short on a loaded machine).
     """
 
     runner: Literal["threads", "processes", "dask"] = "threads"
     workers: int = Field(default=1, ge=1)
     address: str | None = None
     cache_dir: Path | None = None
+    api_startup_seconds: int = Field(default=180, ge=5, le=3600)
 
 
 class AuditConfig(_Strict):
@@ -570,13 +583,54 @@ def parse_config(data: object, base_dir: Path, source: str = "<config>") -> Audi
     return cfg
 
 
+MAX_CONFIG_BYTES = 1_000_000  # an audit config is a few kilobytes
+MAX_CONFIG_NODES = 100_000  # keys, values and list items, counted through aliases
+MAX_CONFIG_DEPTH = 64
+
+
+def _check_shape(data: object, source: str) -> None:
+    """Refuse documents whose size or nesting would make validation itself the problem: YAML aliases
+    can make a 1 KB file stand for a billion values, and deep nesting overflows Python's stack."""
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_CONFIG_NODES:
+            raise ConfigError(f"{source}: the config holds more than {MAX_CONFIG_NODES} values (YAML aliases count "
+                              "each time they are used); an audit config is a short mapping")  # fmt: skip
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: the config is nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def load_config(path: str | Path) -> AuditConfig:
-    """Read and validate a YAML audit config; paths inside are relative to the file's folder."""
+    """Read and validate a YAML audit config; paths inside are relative to the file's folder. Every
+    problem with the file (missing, too large, not UTF-8, not YAML, nested too deep, invalid values) is
+    one :class:`ConfigError`."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; an audit config is a few kilobytes (limit {MAX_CONFIG_BYTES})")
+        text = path.read_bytes().decode("utf-8-sig")
+        data = yaml.safe_load(text)
+    except ConfigError:
+        raise
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_config(data, path.resolve().parent, str(path))
+        raise ConfigError(f"{path}: not valid YAML: {str(err)[:500]}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{path}: the YAML document is nested too deeply or too large to read") from None
+    _check_shape(data, str(path))
+    try:
+        return parse_config(data, path.resolve().parent, str(path))
+    except (RecursionError, TypeError, OverflowError) as err:
+        raise ConfigError(f"{path}: invalid config: {type(err).__name__}: {str(err)[:300]}") from None

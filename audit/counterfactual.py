@@ -44,9 +44,9 @@ def neutralised(
     filled from its surroundings only, so its own colour (a dark vignette, a purple stroke) never
     leaks into its fill; an empty artifact mask is an annotation too ("no artifact here": drop ~0).
     With ``counterfactual.evidence: occlusion`` also ``occlusion_delta`` (the guided fill's drop minus
-    the controls' mean drop, a control's rise counted as no drop), ``occlusion_guided_delta``, ``occlusion_control_delta`` and
-    ``occluded_area`` (the guided fill's share of the image), on the grid of ``layer_shape``, the
-    controls seeded by the manifest ``rows``."""
+    the controls' mean drop, a control's rise counted as no drop), ``occlusion_guided_delta``,
+    ``occlusion_control_delta`` and ``occluded_area`` (the guided fill's share of the image), on the
+    grid of ``layer_shape``, the controls seeded by the manifest ``rows``."""
     c = cfg.counterfactual
     batches = {"outside": outside_replaced(x, masks, c)}
     out: dict[str, torch.Tensor] = {}

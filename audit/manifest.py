@@ -36,11 +36,21 @@ class Manifest:
     exclusions: pd.DataFrame
 
 
+SHOWN_ID = 200  # an exclusion quotes at most this much of a row's image_id (the row number is exact)
+
+
+def shown_id(image_id: object) -> str:
+    if blank(image_id):
+        return ""
+    text = str(image_id)
+    return text if len(text) <= SHOWN_ID else f"{text[:SHOWN_ID]}... ({len(text)} characters)"
+
+
 def exclusion(row: int, image_id: object, stage: str, err: InputError) -> dict:
     """One exclusions.csv record."""
     return {
         "row": row,
-        "image_id": "" if blank(image_id) else str(image_id),
+        "image_id": shown_id(image_id),
         "stage": stage,
         "column": err.column,
         "file": err.file,
@@ -69,7 +79,16 @@ def _read_csv_records(path: Path) -> pd.DataFrame:
     """CSV records one by one (the csv module handles quoting): a record with the wrong number of
     fields, or with bytes that are not UTF-8, is kept as a malformed row, never the file's error."""
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
-    records = list(csv.reader(io.StringIO(text, newline="")))
+    # the csv module's own cell limit (131,072 characters) would fail the whole file for one long cell;
+    # the file is in memory anyway, so lift it here and judge long cells per row (data.max_cell_chars)
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(max(limit, len(text) + 1))
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:  # e.g. a NUL byte: the file as a whole
+        raise ValueError(f"not a CSV file the csv module can parse: {err}") from None
+    finally:
+        csv.field_size_limit(limit)
     if not records:
         return pd.DataFrame()
     header, rows = records[0], []
@@ -181,6 +200,18 @@ def subgroup_value(cfg: AuditConfig, column: str, raw: object) -> str:
     return bin_label(edges[i], edges[i + 1])
 
 
+def _check_lengths(row: dict, limit: int) -> None:
+    """A cell longer than ``limit`` characters is this row's exclusion: a path, label or group name is
+    short, and one megabyte-long group name would otherwise be copied into every table and page."""
+    for column, value in row.items():
+        if isinstance(value, str) and len(value) > limit:
+            raise InputError(
+                f"cell in column {str(column)[:80]!r} is {len(value)} characters long (limit {limit})",
+                column=str(column)[:80],
+                hint="data.max_cell_chars raises the limit",
+            )
+
+
 def _check_row(row: dict, reader: RowReader, cfg: AuditConfig) -> dict:
     label = row["label"]
     if blank(label):
@@ -209,6 +240,7 @@ def load_manifest(cfg: AuditConfig) -> Manifest:
         try:
             if malformed:
                 raise InputError(malformed, hint="fix the record in the manifest file")
+            _check_lengths(row, cfg.data.max_cell_chars)
             if blank(image_id):
                 raise InputError("empty image_id", column="image_id")
             # a multi-label manifest has one row per (image, finding)

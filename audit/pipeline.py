@@ -53,7 +53,7 @@ from audit.sanity import verdict as sanity_verdict
 from audit.shardcache import ShardCache, shard_key
 from audit.stats import proportion_ci, side_by_side, usable_cpus
 from audit.subgroups import add_intersections, agreement, mean_ci, subgroup_columns, subgroup_table
-from audit.tables import write_csv
+from audit.tables import read_csv, write_csv
 from audit.verdict import decide, flag_images, nan_to_none
 
 
@@ -97,7 +97,7 @@ def prepare(cfg: AuditConfig, overwrite: bool = False) -> list[Path]:
     RunFolder(cfg.run_dir).claim(overwrite)
     work = work_dir(cfg)
     manifest = load_manifest(cfg)
-    manifest.exclusions.to_csv(work / "exclusions_manifest.csv", index=False)
+    write_csv(manifest.exclusions, work / "exclusions_manifest.csv")  # no formula cell, even in work/
     (work / "counts.json").write_text(json.dumps({"rows_read": manifest.rows_read}))
     inc = manifest.included
     if inc.empty:  # stop before loading anything else
@@ -406,7 +406,7 @@ def compute_shard(cfg: AuditConfig, shard: Path, rows: list[dict]) -> Path:
     with atomic(shard_output(shard, "maps.npz")) as tmp, tmp.open("wb") as f:
         np.savez(f, rows=np.asarray(map_ids, dtype=np.int64), maps=maps)
     with atomic(shard_output(shard, "exclusions.csv")) as tmp:
-        pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS).to_csv(tmp, index=False)
+        write_csv(pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS), tmp)  # no formula cell, even in work/
     out_path = shard_output(shard, "result.parquet")
     with atomic(out_path) as tmp:  # last: its presence means the shard is complete
         pd.DataFrame(results).to_parquet(tmp, index=False)
@@ -483,8 +483,8 @@ def _aggregate(cfg: AuditConfig, results: list[Path]) -> dict:
         pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
     )
     exclusions = pd.concat(
-        [pd.read_csv(work / "exclusions_manifest.csv", dtype=str, keep_default_na=False)]
-        + [pd.read_csv(shard_output(p, "exclusions.csv"), dtype=str, keep_default_na=False) for p in results],
+        [read_csv(work / "exclusions_manifest.csv", dtype=str, keep_default_na=False)]
+        + [read_csv(shard_output(p, "exclusions.csv"), dtype=str, keep_default_na=False) for p in results],
         ignore_index=True,
     )
     exclusions["row"] = exclusions["row"].astype(int)
@@ -648,7 +648,9 @@ def render(cfg: AuditConfig, config_path: Path, started: datetime) -> dict[str, 
     write_run_info(cfg, config_path, started, datetime.now(UTC))
     run = load_run(cfg.run_dir)
     run.cases = write_cases(cfg, run.folder, run.images, run.subgroups, included_rows(cfg), run.discovery)
-    return render_report(run)
+    outputs = render_report(run)
+    run.folder.record_written()
+    return outputs
 
 
 @dataclass

@@ -5,19 +5,25 @@ images, no shard files, so ``audit report RUN_DIR`` renders a run again years la
 chart is embedded as a ``data:`` URI, and the PDF renderer is given a fetcher that allows ``data:``
 alone, so it can read nothing else on the machine; the run's data files are attached to the PDF from
 bytes this module read from the run folder. User-supplied text (ids, group names, reasons, the context
-block) reaches HTML through Jinja2 autoescaping. Nothing depends on the clock: the same run renders to
-the same HTML bytes.
+block) reaches HTML through Jinja2 autoescaping, and through :func:`shown`: text with right-to-left
+letters or bidi controls is isolated (a right-to-left override in a group name cannot reverse the text
+around it), and text longer than ``SHOWN_TEXT`` is cut (a group name is cut at ``SHOWN_NAME``), the full
+value staying in the run's data files. Nothing depends on the clock: the same run renders to the same
+HTML bytes.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import unicodedata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from audit import charts, metrics
 from audit.comparison import MEASURES, RunComparison, write_comparison
@@ -84,15 +90,51 @@ def _pval(v: object) -> str:
     return f"{v:.2g}" if v >= 1e-4 else "<1e-4"
 
 
+SHOWN_TEXT = 2000  # characters of any one user-supplied string the report shows
+SHOWN_NAME = 120  # characters of a group name or image id
+BIDI = {"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"}
+FSI, PDI = "\u2068", "\u2069"  # first-strong isolate ... pop directional isolate (Unicode UAX #9)
+
+
+def isolated(text: str) -> str:
+    """``text`` in a bidi isolate where it holds right-to-left letters or bidi controls (whose effect then
+    ends with it), else unchanged."""
+    if text.isascii() or not any(unicodedata.bidirectional(ch) in BIDI for ch in text):
+        return text
+    return FSI + text + PDI
+
+
+def shortened(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters; the full value is in the run's data files)"
+
+
+def shown(value: object) -> object:
+    """Every ``{{ }}`` output: user text bounded and isolated; trusted markup (``Markup``) as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return isolated(shortened(value, SHOWN_TEXT))
+    return value
+
+
+def _names(frame: pd.DataFrame, columns: tuple[str, ...] = ("group", "image_id", "concentrated_in")) -> pd.DataFrame:
+    """A copy whose names are cut for display at ``SHOWN_NAME`` characters."""
+    out = frame.copy()
+    for col in columns:
+        if col in out:
+            out[col] = out[col].map(lambda v: shortened(v, SHOWN_NAME) if isinstance(v, str) else v)
+    return out
+
+
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]), finalize=shown)
     env.filters["num"] = _num
     env.filters["pval"] = _pval
     return env
 
 
-def _jpeg_uri(path: Path) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+def _jpeg_uri(path: Path) -> Markup:
+    return Markup("data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode())
 
 
 def gallery(run: Run) -> list[dict]:
@@ -110,8 +152,8 @@ def gallery(run: Run) -> list[dict]:
                     "row": int(row),
                     "uri": _jpeg_uri(path) if path.is_file() else "",
                     "unavailable": s.get("unavailable", {}).get(str(row), ""),
-                    "image_id": r["image_id"],
-                    "groups": ", ".join(f"{c} = {r[c]}" for c in cfg.data.subgroups),
+                    "image_id": shortened(str(r["image_id"]), SHOWN_NAME),
+                    "groups": ", ".join(f"{c} = {shortened(str(r[c]), SHOWN_NAME)}" for c in cfg.data.subgroups),
                     "label": r["label"],
                     "predicted": r["predicted"],
                     "probability": float(r["probability"]),
@@ -146,7 +188,7 @@ def subgroup_definitions(run: Run) -> list[dict]:
         for group, g in images.groupby(images[col].astype(str), sort=True):
             groups.append(
                 {
-                    "group": group,
+                    "group": shortened(group, SHOWN_NAME),
                     "n": len(g),
                     "share": len(g) / len(images),
                     "positives": int((g["label"].astype(str) == positive).sum()) if positive else None,
@@ -168,14 +210,15 @@ def chart_uris(run: Run) -> dict[str, str]:
         out["distributions"] = charts.focus_distributions(run.images, cols)
     if run.sanity is not None and len(run.sanity):
         out["sanity"] = charts.sanity_cascade(run.sanity, run.config.sanity.max_similarity, run.config.sanity.steps)
-    return out
+    return {k: Markup(v) for k, v in out.items()}  # data: URIs the charts module made
 
 
 def plain_summary(run: Run) -> str:
     """The verdict in one sentence a non-specialist can read."""
     s, relies = run.summary, run.subgroups[run.subgroups["status"] == STATUS_RELIES]
     if s["verdict"] == "fail" and len(relies):
-        who = ", ".join(f"{c} = {g}" for c, g in zip(relies["column"], relies["group"], strict=True))
+        who = ", ".join(f"{c} = {shortened(str(g), SHOWN_NAME)}" for c, g in zip(relies["column"], relies["group"],
+                                                                                  strict=True))  # fmt: skip
         return (
             f"The model's decisions rest on evidence outside the annotated region more often for {who} than for "
             "comparable images: it has learned a shortcut there. It should not be released as it is."
@@ -207,14 +250,14 @@ def context(run: Run) -> dict:
         "plain_summary": plain_summary(run),
         "meanings": metrics.MEANINGS,
         "terms": TERMS,
-        "groups": run.subgroups.to_dict("records"),
+        "groups": _names(run.subgroups).to_dict("records"),
         "definitions": subgroup_definitions(run),
-        "focus_tests": tests[tests["test"] == "focus"].to_dict("records") if len(tests) else [],
-        "reliance_tests": tests[tests["test"] == "reliance"].to_dict("records") if len(tests) else [],
+        "focus_tests": _names(tests[tests["test"] == "focus"]).to_dict("records") if len(tests) else [],
+        "reliance_tests": _names(tests[tests["test"] == "reliance"]).to_dict("records") if len(tests) else [],
         "problem_statuses": PROBLEM_STATUSES,
-        "exclusions": run.exclusions.to_dict("records"),
+        "exclusions": _names(run.exclusions).to_dict("records"),
         "performance_only": (
-            images.loc[~images["localised"], ["row", "image_id", "localisation_note"]].to_dict("records")
+            _names(images.loc[~images["localised"], ["row", "image_id", "localisation_note"]]).to_dict("records")
             if "localised" in images
             else []
         ),
@@ -222,7 +265,7 @@ def context(run: Run) -> dict:
         "charts": chart_uris(run),
         "n_flagged": int(images["flagged"].sum()),
         "has_counterfactual": has_counterfactual(images),
-        "candidates": run.discovery.to_dict("records") if run.discovery is not None else [],
+        "candidates": _names(run.discovery).to_dict("records") if run.discovery is not None else [],
         "limitations": [
             t.format(
                 map=f"{summary['map_size'][0]}x{summary['map_size'][1]}",
@@ -231,11 +274,17 @@ def context(run: Run) -> dict:
             )
             for t in LIMITATIONS
         ],
-        "config_yaml": yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False, width=100),
+        "config_yaml": _config_block(run),
         "attachments": [p.name for p in attached_files(run)],
         "css": (TEMPLATES / "report.css").read_text(),
         "js": (TEMPLATES / "report.js").read_text(),
     }
+
+
+def _config_block(run: Run) -> Markup:
+    """The config as run, escaped, each line isolated (a path may hold right-to-left text)."""
+    text = yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False, width=100)
+    return Markup("\n".join(str(escape(isolated(line))) for line in text.splitlines()))
 
 
 def render_html(run: Run) -> str:

@@ -6,14 +6,18 @@ report can be rendered again from the folder alone (no model, no images, no shar
 
 An audit's outputs can be evidence in a compliance file, so a second run never silently replaces the
 first: the same ``run_name`` is refused unless the caller asks to overwrite, and even then only a
-folder this tool wrote (it carries a marker file) is cleared, and only of the files it writes.
+folder this tool wrote (it carries a marker file) is cleared, and only of the files it wrote: each
+finished run lists them in ``written.json`` (written atomically as its last step); a run killed before
+that is cleared of the files its stages name (shards, per-shard outputs, gallery images). Anything else
+in the folder, ``cases/`` and ``work/`` is kept, and named.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -30,6 +34,22 @@ from audit.tables import read_csv
 
 MARKER = ".audit-run"
 WORK = "work"
+WRITTEN = "written.json"
+# what a run's stages write under work/ and cases/ (a run killed before written.json is cleared of these)
+OWN_PATTERNS = (
+    f"{WORK}/shard_[0-9][0-9][0-9][0-9].*",
+    f"{WORK}/counts.json",
+    f"{WORK}/timings.json",
+    f"{WORK}/.owner.json",
+    f"{WORK}/.kept.json",
+    f"{WORK}/exclusions_manifest.csv",
+    f"{WORK}/sanity.csv",
+    f"{WORK}/sanity.json",
+    f"{WORK}/.*.tmp",
+    "cases/row_[0-9][0-9][0-9][0-9][0-9][0-9].jpg",
+    "cases/.*.tmp",
+    ".*.tmp",
+)
 
 
 def shard_output(shard: Path, kind: str) -> Path:
@@ -86,8 +106,12 @@ class RunFolder:
         return self.cases / f"row_{row:06d}.jpg"
 
     @property
+    def written(self) -> Path:  # every file this run wrote, relative paths: what --overwrite may remove
+        return self.path / WRITTEN
+
+    @property
     def outputs(self) -> tuple[Path, ...]:
-        """Every file an audit writes at the top of the folder (what --overwrite may remove)."""
+        """Every file an audit writes at the top of the folder."""
         return (self.images, self.subgroups, self.disparities, self.exclusions, self.summary, self.info,
                 self.config, self.maps, self.cases_index, self.sanity, self.discovery, self.html,
                 self.pdf)  # fmt: skip
@@ -135,32 +159,82 @@ class RunFolder:
     def check_reuse(self, overwrite: bool) -> None:
         """Refuse to reuse the folder unless it is empty, holds an unfinished audit run that no live process
         on this machine is writing (started again, it resumes: finished shards come from the shard
-        cache), or holds a finished one (the marker, or the
-        provenance file of a run written before the marker existed) and ``overwrite`` is asked for."""
+        cache), or holds a finished one (it carries the marker) and ``overwrite`` is asked for. A folder
+        without the marker was not written by an audit, whatever files it holds (a stray ``run.json``
+        included)."""
         if self.unfinished() and (pid := self.running_elsewhere()) is not None:
             raise RunFolderError(f"{self.path} is being written by a run in progress (process {pid} on this machine)")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a folder; choose another run_name or output_dir")
         if not self.path.exists() or not any(self.path.iterdir()) or self.unfinished():
             return
-        if not ((self.path / MARKER).is_file() or self.info.is_file()):
+        if not (self.path / MARKER).is_file():
             raise RunFolderError(
-                f"{self.path} exists and was not written by an audit run; choose another run_name or output_dir"
+                f"{self.path} exists and was not written by an audit run (it has no {MARKER} marker); choose "
+                "another run_name or output_dir"
             )
         if not overwrite:
             raise RunFolderError(
                 f"{self.path} already holds an audit run; pass --overwrite to replace it, or choose another run_name"
             )
 
-    def claim(self, overwrite: bool) -> None:
-        """Make the folder this run's: create it, or clear a previous run's files from it when it is
-        unfinished or ``overwrite`` is asked for; refuse otherwise (:meth:`check_reuse`)."""
+    def _files(self) -> list[str]:
+        """Every file (and symlink) under the folder, relative, POSIX-style; symlinked folders not entered."""
+        out = []
+        for top, dirs, files in os.walk(self.path):
+            base = Path(top).relative_to(self.path)
+            out += [(base / f).as_posix() for f in files]
+            out += [(base / d).as_posix() for d in dirs if (Path(top) / d).is_symlink()]
+        return sorted(out)
+
+    def own_files(self) -> list[str]:
+        """The files an earlier run wrote here: those its ``written.json`` lists, else (a run killed
+        before it finished) those its stages name (``OWN_PATTERNS``) and the top-level outputs."""
+        try:
+            listed = json.loads(self.written.read_text())["files"]
+            if isinstance(listed, list) and all(isinstance(f, str) for f in listed):
+                return sorted({*listed, WRITTEN})
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        names = {f.name for f in self.outputs} | {MARKER, WRITTEN}
+        return [f for f in self._files() if f in names or any(fnmatch.fnmatchcase(f, p) for p in OWN_PATTERNS)]
+
+    def foreign_files(self) -> list[str]:
+        """What is in the folder that no audit run wrote: kept by :meth:`claim`, and named."""
+        own = set(self.own_files()) if (self.path / MARKER).is_file() else set()
+        return [f for f in self._files() if f not in own] if self.path.is_dir() else []
+
+    def claim(self, overwrite: bool) -> list[str]:
+        """Make the folder this run's: create it, or remove an earlier run's own files from it when it is
+        unfinished or ``overwrite`` is asked for; refuse otherwise (:meth:`check_reuse`). Returns the
+        files kept because no audit wrote them (recorded in ``work/.kept.json``)."""
         self.check_reuse(overwrite)
-        shutil.rmtree(self.work, ignore_errors=True)
-        shutil.rmtree(self.cases, ignore_errors=True)
-        for f in self.outputs:
-            f.unlink(missing_ok=True)
+        root = self.path.resolve() if self.path.exists() else None
+        for rel in self.own_files() if root is not None else []:
+            target = self.path / rel
+            inside = target.parent.resolve()
+            if (inside == root or root in inside.parents) and (target.is_file() or target.is_symlink()):
+                target.unlink()
+        for folder in (self.cases, self.work):
+            with contextlib.suppress(OSError):  # kept when something the audit did not write is in it
+                folder.rmdir()
+        kept = self.foreign_files()
         self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / ".kept.json").write_text(json.dumps(kept))
         self.owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         (self.path / MARKER).write_text("written by the focus audit; `audit run --overwrite` may replace its files\n")
+        return kept
+
+    def record_written(self) -> None:
+        """List every file this run wrote (all but those kept at the claim), atomically: the run's last
+        step, and what the next ``--overwrite`` may remove."""
+        try:
+            kept = set(json.loads((self.work / ".kept.json").read_text()))
+        except (OSError, ValueError):
+            kept = set()
+        files = [f for f in self._files() if f not in kept and f != WRITTEN]
+        with atomic(self.written) as tmp:
+            tmp.write_text(json.dumps({"files": files}, indent=0))
 
 
 @dataclass

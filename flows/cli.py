@@ -13,7 +13,25 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
+MAX_MESSAGE = 2000  # an error line quotes the input at fault, never megabytes of it
+
+
+class _Audit(typer.Typer):
+    """The command line's last line of defence: whatever a command did not expect becomes one line on
+    stderr and exit code 2 ("could not run"), never a traceback."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            message = " ".join(f"{type(err).__name__}: {err}".split())
+            if len(message) > MAX_MESSAGE:
+                message = message[:MAX_MESSAGE] + f"... ({len(message) - MAX_MESSAGE} more characters)"
+            typer.echo(f"error: {message}", err=True)
+            raise SystemExit(2) from None
+
+
+app = _Audit(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -36,16 +54,29 @@ def _run(config: Path, overwrite: bool, fresh: bool = False) -> dict:
     try:
         cfg = load_config(config)
         preflight(cfg)
-        RunFolder(cfg.run_dir).check_reuse(overwrite)
+        folder = RunFolder(cfg.run_dir)
+        folder.check_reuse(overwrite)
     except problems as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    from flows import api_server
+
+    api_server.prepare(cfg.orchestration.api_startup_seconds)
+    kept = folder.foreign_files()
+    if kept:
+        shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+        typer.echo(f"kept {len(kept)} file(s) in {folder.path} that no audit wrote (never removed): {shown}")
     from flows.audit_flow import run_flow
 
     try:
         result = run_flow(config, overwrite, fresh)
     except problems as err:
         typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except RuntimeError as err:
+        if (why := api_server.startup_failure(err)) is None:
+            raise
+        typer.echo(f"error: {why}", err=True)
         raise typer.Exit(2) from None
     shards = result["shards"]
     if shards["reused"]:

@@ -102,3 +102,51 @@ def test_a_module_factory_is_identified_by_its_source_file(tmp_path: Path) -> No
     cfg = load_config(_write(tmp_path, data))
     assert cfg.model.identity_file == Path(json.decoder.__file__)
     assert cfg.model.identity_file.is_file()
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested"),  # the YAML parser's own recursion
+        ("a:\n" + "".join(" " * (2 * k) + f"k{k}:\n" for k in range(1, 200)) + " " * 400 + "v: 1\n", "nested"),
+        (ALIAS_BOMB, "more than 100000 values"),  # a billion values in 800 bytes
+        ("run_name: " + "x" * 1_100_000 + "\n", "a few kilobytes"),
+        (b"run_name: caf\xe9\n", "not UTF-8"),
+        ("run_name: [1, 2]\nmodel: 7\n", "run_name"),  # wrong types: pydantic names the key
+    ],
+)
+def test_every_kind_of_broken_config_is_one_config_error(tmp_path: Path, content: str | bytes, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_no_command_prints_a_traceback(tmp_path: Path) -> None:
+    """Through the real entry point: a broken config is exit 2 and one line; so is a run folder whose
+    files are corrupt (an error no command expected)."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000)
+    corrupt = tmp_path / "run"
+    corrupt.mkdir()
+    for name in ("images.parquet", "subgroups.csv", "exclusions.csv", "summary.json", "run.json"):
+        (corrupt / name).write_text("not what it should be")
+    (corrupt / "config.json").write_text("{")
+    for args in (["run", str(deep)], ["check", str(deep)], ["report", str(corrupt)]):
+        done = subprocess.run([sys.executable, "-c", "from flows.cli import app; app()", *args], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr

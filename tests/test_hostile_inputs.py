@@ -78,7 +78,7 @@ def baseline(tiny_model: Path) -> pd.DataFrame:
 @given(
     first=st.sampled_from(GOOD),
     rest=st.lists(st.sampled_from(KINDS), min_size=3, max_size=16),
-    fmt=st.sampled_from(["parquet", "jsonl"]),
+    fmt=st.sampled_from(["parquet", "jsonl", "csv"]),
 )
 def test_hostile_rows_never_crash_lose_rows_or_leak(
     tiny_model: Path, baseline: pd.DataFrame, first: str, rest: list[str], fmt: str
@@ -106,6 +106,26 @@ def test_hostile_rows_never_crash_lose_rows_or_leak(
     no_mask = good["key"].str.startswith("good_no_mask")
     assert good.loc[no_mask, "mass_in"].isna().all() and not good.loc[no_mask, "localised"].any()
     assert good.loc[~no_mask, "mass_in"].notna().all() and good.loc[~no_mask, "localised"].all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_rows_past_the_limits_are_excluded_and_odd_but_valid_rows_audited(
+    tiny_model: Path, baseline: pd.DataFrame, tmp_path: Path, fmt: str
+) -> None:
+    """A cell past the csv module's own limit, huge names and images just under Pillow's bomb limit are
+    each their row's exclusion; a 1-bit mask gives the same numbers as its 8-bit original."""
+    limits = ["long_group", "long_id", "many_pixels", "many_pixels_dicom", "many_pixels_mask"]
+    kinds = ["good", *limits, "good_1bit_mask", "good_rtl_group", "good_cjk_group"]
+    hs, images, exclusions, _ = audit_rows(tmp_path, kinds, tiny_model, fmt)
+    reasons = exclusions.set_index("row")["reason"]
+    for _, e in hs.expected.iterrows():
+        if e["kind"] in limits:
+            assert e["phrase"] in reasons[e["row"]], (e["kind"], reasons[e["row"]])
+    assert exclusions["image_id"].str.len().max() < 300  # the 200,000-character id is quoted, not copied
+    one_bit = images.merge(hs.expected[hs.expected["kind"] == "good_1bit_mask"][["row", "key"]], on="row")
+    assert len(one_bit) == 1 and one_bit["mass_in"].iloc[0] > 0
+    assert one_bit["mass_in"].iloc[0] == pytest.approx(baseline.loc[one_bit["key"].iloc[0], "mass_in"], abs=1e-6)
+    assert len(images) == 4 and len(exclusions) == len(limits)
 
 
 def test_the_outside_read_detector_detects(tmp_path: Path) -> None:

@@ -174,7 +174,8 @@ def test_a_control_that_removes_counter_evidence_does_not_inflate_the_excess() -
     out = neutralised(_cfg(), forward, x, region, [None] * 4, idx, p, maps, (8, 8), [0, 1, 2, 3])
     assert (out["occlusion_guided_delta"].abs() < 1e-4).all()
     # every control removes dots, so raw it would read as a large excess; counted as no drop it is none
-    raised = torch.stack([forward(occluded(x, c, region, _cfg().counterfactual)).softmax(1)[:, 1] for c in
-                          occlusion_masks(_cfg().counterfactual.occlusion, maps, region, (8, 8), [0, 1, 2, 3])[1]])  # fmt: skip
+    c = _cfg().counterfactual
+    controls = occlusion_masks(c.occlusion, maps, region, (8, 8), [0, 1, 2, 3])[1]
+    raised = torch.stack([forward(occluded(x, where, region, c)).softmax(1)[:, 1] for where in controls])
     assert (raised > p + 0.1).all()
     assert (out["occlusion_control_delta"] == 0).all() and (out["occlusion_delta"].abs() < 1e-4).all()

@@ -24,6 +24,9 @@ SECTIONS = (
     "Methods", "Limitations", "Exclusions", "Reproducibility", "Sign-off",
 )  # fmt: skip
 HOSTILE_CLASSES = ["nevus</table>", "<script>alert(2)</script>"]
+RTL_SITE = "site \u202eevil\u202c a"  # a right-to-left override inside a group name
+CJK_SITE = "病院 🏥"
+LONG_SITE = "s" * 500
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,7 @@ def packet(tiny_set: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFa
     shutil.copytree(tiny_set.parent, root)
     df = pd.read_csv(root / "manifest.csv")
     df["label"] = df["label"].map({"nevus": HOSTILE_CLASSES[0], "melanoma": HOSTILE_CLASSES[1]})
+    df["site"] = df["site"].map({"site_a": RTL_SITE, "site_b": CJK_SITE, "site_c": LONG_SITE})
     df.to_csv(root / "manifest.csv", index=False)
     config = write_config(
         tmp / "p.yaml", root / "manifest.csv", tiny_model, run_name="packet",
@@ -77,6 +81,24 @@ def test_user_strings_are_text_in_both_outputs(packet: Path) -> None:
     assert "DermNet &lt;b&gt;v3&lt;/b&gt;" in html
     text = "\n".join(p.extract_text() for p in PdfReader(packet / "report.pdf").pages)
     assert "<script>alert(2)</script>" in text.replace("\n", "") and "DermNet <b>v3</b>" in text
+
+
+def test_group_names_in_any_script_neither_reorder_nor_flood_the_report(packet: Path) -> None:
+    html = (packet / "report.html").read_text()
+    at = [i for i in range(len(html)) if html.startswith(RTL_SITE, i)]
+    assert at and all(html.rfind("\u2068", 0, i) > html.rfind("\u2069", 0, i) for i in at)  # inside an isolate
+    assert LONG_SITE not in html and LONG_SITE[:120] + "… (500 characters" in html  # cut for display
+    assert LONG_SITE in set(pd.read_csv(packet / "subgroups.csv", dtype=str)["group"])  # kept in the data
+    fonts = subprocess.run(["fc-list"], capture_output=True, text=True).stdout if shutil.which("fc-list") else ""
+    if "Noto Sans CJK" not in fonts:
+        pytest.skip("no Noto Sans CJK font on this machine (make test installs Debian's fonts-noto-cjk)")
+    reader = PdfReader(packet / "report.pdf")
+    embedded = {
+        str(font.get_object().get("/BaseFont"))
+        for page in reader.pages
+        for font in (page.get("/Resources", {}).get("/Font", {}) or {}).values()
+    }
+    assert any("NotoSansCJK" in f.replace("-", "") for f in embedded), embedded  # drawn with glyphs, not boxes
 
 
 def test_rendering_again_from_the_folder_alone_gives_the_same_html(packet: Path, tmp_path: Path) -> None:

@@ -49,6 +49,11 @@ BAD = {
     "pickle_payload": "not an image Pillow can read",
     "broken_dicom": "DICOM",
     "multi_frame": "multi-frame DICOM",
+    "long_group": "characters long",  # a 300,000-character group name
+    "long_id": "characters long",  # a 200,000-character image_id
+    "many_pixels": "max_pixels",  # a 7000x7000 1-bit PNG of a few kB: under Pillow's bomb limit, over ours
+    "many_pixels_dicom": "max_pixels",  # a DICOM header claiming 13000x13000 (RLE-sized), under the bomb limit
+    "many_pixels_mask": "max_pixels",  # the same 1-bit PNG as the region mask
 }
 # good kinds: each must be audited, with the same numbers as when audited among good rows only
 GOOD = (
@@ -60,6 +65,9 @@ GOOD = (
     "good_formula",
     "good_missing_group",
     "good_no_mask",  # audited for performance only: no localisation numbers
+    "good_1bit_mask",  # a mode-"1" PNG mask: in/out stored as bits, no threshold applies
+    "good_rtl_group",  # a right-to-left override in a group name
+    "good_cjk_group",  # CJK and emoji in a group name
 )
 KINDS = (*GOOD, *BAD)
 
@@ -125,6 +133,9 @@ def _assets(root: Path, outside: Path, marker: Path, pool: pd.DataFrame) -> None
     bomb = pydicom.dcmread(bad / "whole.dcm")
     bomb.Rows, bomb.Columns = 60000, 60000  # claims 3.6 G pixels; holds 64x64
     bomb.save_as(bad / "bomb.dcm")
+    bomb.Rows, bomb.Columns = 13000, 13000  # 169 M pixels: under the DICOM bomb limit, over data.max_pixels
+    bomb.save_as(bad / "many_pixels.dcm")
+    Image.new("1", (7000, 7000), 0).save(bad / "many_pixels.png")
 
 
 def _good_file(root: Path, pool_row: dict, kind: str, k: int) -> dict:
@@ -143,6 +154,13 @@ def _good_file(root: Path, pool_row: dict, kind: str, k: int) -> dict:
         if not out.exists():
             write_dicom(out, np.asarray(Image.open(img).convert("L"), np.uint16) * 16, window=(2048, 4096))
         row["image_path"] = f"good/{out.name}"
+    elif kind == "good_1bit_mask":
+        out = good / f"{k}_1bit.png"
+        if not out.exists():
+            Image.open(root / pool_row["mask_path"]).convert("L").point(lambda v: 255 if v > 127 else 0).convert(
+                "1"
+            ).save(out)
+        row["mask_path"] = f"good/{out.name}"
     elif kind == "good_red_mask":
         out = good / f"{k}_red.png"
         if not out.exists():
@@ -172,6 +190,8 @@ def _bad_row(kind: str, outside: Path, base: dict, first_id: str) -> dict:
         "pickle_payload": "bad/payload.png",
         "broken_dicom": "bad/broken.dcm",
         "multi_frame": "bad/cine.dcm",
+        "many_pixels": "bad/many_pixels.png",
+        "many_pixels_dicom": "bad/many_pixels.dcm",
         "empty_path": "",
     }
     masks = {
@@ -179,6 +199,7 @@ def _bad_row(kind: str, outside: Path, base: dict, first_id: str) -> dict:
         "mask_aspect": "bad/tall_mask.png",
         "empty_mask": "bad/empty_mask.png",
         "full_mask": "bad/full_mask.png",
+        "many_pixels_mask": "bad/many_pixels.png",
     }
     if kind in paths:
         row["image_path"] = paths[kind]
@@ -190,11 +211,16 @@ def _bad_row(kind: str, outside: Path, base: dict, first_id: str) -> dict:
         row["label"] = None
     elif kind == "duplicate_id":
         row["image_id"] = first_id
+    elif kind == "long_group":
+        row["site"] = "g" * 300_000
+    elif kind == "long_id":
+        row["image_id"] = "i" * 200_000
     return row
 
 
 def build_hostile_set(base: Path, kinds: list[str], pool: int = 6, seed: int = 3, fmt: str = "parquet") -> HostileSet:
-    """Rows of the given kinds (the first must be a good kind, so a duplicate has something to copy)."""
+    """Rows of the given kinds (the first must be a good kind, so a duplicate has something to copy), in a
+    ``parquet``, ``jsonl`` or ``csv`` manifest."""
     if kinds and kinds[0] not in GOOD:
         raise ValueError("the first row must be a good kind")
     root, outside, marker = base / "root", base / "outside", base / "payload-ran"
@@ -216,7 +242,12 @@ def build_hostile_set(base: Path, kinds: list[str], pool: int = 6, seed: int = 3
                 row["sex"] = None
             elif kind == "good_no_mask":
                 row["mask_path"] = None
-            key = f"{kind if kind in ('good_16bit', 'good_dicom', 'good_red_mask', 'good_no_mask') else 'good'}:{k}"
+            elif kind == "good_rtl_group":
+                row["site"] = "site \u202eevil\u202c ok"
+            elif kind == "good_cjk_group":
+                row["site"] = "病院 サイト 🏥"
+            variant = kind in ("good_16bit", "good_dicom", "good_red_mask", "good_no_mask")
+            key = f"{kind if variant else 'good'}:{k}"
             phrase = ""
         else:
             row = _bad_row(kind, outside, {**base_row, **_good_file(root, p, "good", k)}, rows[0]["image_id"])
@@ -224,9 +255,11 @@ def build_hostile_set(base: Path, kinds: list[str], pool: int = 6, seed: int = 3
         rows.append(row)
         expected.append({"row": i + 1, "image_id": row["image_id"], "kind": kind, "phrase": phrase, "key": key})
     df = pd.DataFrame(rows, columns=["image_id", "image_path", "mask_path", "label", "site", "sex"])
-    manifest = root / f"hostile.{'jsonl' if fmt == 'jsonl' else 'parquet'}"
+    manifest = root / f"hostile.{fmt if fmt in ('jsonl', 'csv') else 'parquet'}"
     if fmt == "jsonl":
         df.to_json(manifest, orient="records", lines=True)
+    elif fmt == "csv":
+        df.to_csv(manifest, index=False)
     else:
         df.to_parquet(manifest, index=False)
     return HostileSet(root, manifest, outside, marker, pd.DataFrame(expected))

@@ -70,6 +70,16 @@ def dicom_size(path: Source, frame: int | None) -> tuple[int, int]:
     return int(ds.Columns), int(ds.Rows)
 
 
+def dicom_extent(path: Source, frame: int | None) -> tuple[int, int, int]:
+    """(width, height, bytes the audited frame decodes into) from the header alone."""
+    ds = _header(path)
+    _frame_index(ds, frame)
+    width, height = int(ds.Columns), int(ds.Rows)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    allocated = int(ds.get("BitsAllocated", 8) or 8)
+    return width, height, width * height * samples * max(1, (allocated + 7) // 8)
+
+
 def read_dicom(path: Source, intensity: Intensity, frame: int | None) -> Picture:
     """Decode one frame and scale it to float32 [0, 1] per ``intensity`` (see the module's docstring).
 

@@ -22,6 +22,8 @@ def region_from_image(source: Path | bytes, threshold: int) -> np.ndarray:
     """Mask image: a pixel is in the region when any of its colour channels is above ``threshold``
     (a mask drawn in pure red is a mask, not an empty image)."""
     values = decode_values(source)
+    if values.dtype == bool:  # a 1-bit image stores in/out itself: no threshold applies
+        return values.copy()  # Pillow's buffer is read-only
     return (values > threshold).any(axis=2) if values.ndim == 3 else values > threshold
 
 

@@ -37,10 +37,18 @@ def _open(source: Path | bytes) -> Image.Image:
 
 def raster_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header alone; refuses multi-page files and decompression bombs."""
-    with _open(path) as img:
+    return raster_extent(path)[:2]
+
+
+def raster_extent(source: Path | bytes) -> tuple[int, int, int]:
+    """(width, height, bytes Pillow decodes it into) from the header alone; refuses multi-page files
+    and decompression bombs."""
+    with _open(source) as img:
         if getattr(img, "n_frames", 1) > 1:
             raise InputError(f"multi-page image ({img.n_frames} pages)", hint="store the page to audit as its own file")
-        return img.size
+        width, height = img.size
+        per_pixel = {"1": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}.get(img.mode, len(img.getbands()))
+        return width, height, width * height * per_pixel
 
 
 def _scaled(values: np.ndarray, full_scale: float | None, intensity: Intensity) -> np.ndarray:

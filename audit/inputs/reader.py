@@ -26,7 +26,7 @@ from audit.inputs.masks import (
 )
 from audit.inputs.paths import DataRoot
 from audit.inputs.pixels import Picture
-from audit.inputs.raster import decode_raster, raster_size
+from audit.inputs.raster import decode_raster, raster_extent
 from audit.provenance import sha256_bytes
 
 T = TypeVar("T")
@@ -76,13 +76,26 @@ class RowReader:
             raise InputError("empty image_path (no image)", column="image_path")
         return {col: self.root.resolve(row[col], col) for col in self._columns(row)}
 
-    def _size(self, path: Path, column: str) -> tuple[int, int]:
+    def _size(self, path: Path, column: str, data: bytes | None = None) -> tuple[int, int]:
+        """(width, height) from the file's header, refused past the per-row limits (``data.max_pixels``,
+        ``data.max_decoded_mb``) before anything is decoded: one row must not cost the run its memory."""
+        source = data if data is not None else path
         try:
             if dicom.is_dicom(path):
-                return dicom.dicom_size(path, self.cfg.data.dicom_frame)
-            return raster_size(path)
+                width, height, nbytes = dicom.dicom_extent(source, self.cfg.data.dicom_frame)
+            else:
+                width, height, nbytes = raster_extent(source)
         except InputError as err:
             raise err.located(column, path.name) from None
+        limits, where = self.cfg.data, {"column": column, "file": path.name}
+        hint = "downscale the file, or raise data.max_pixels / data.max_decoded_mb"
+        if width * height > limits.max_pixels:
+            why = f"{width}x{height} = {width * height} pixels, over data.max_pixels ({limits.max_pixels})"
+            raise InputError(why, hint=hint, **where)
+        if nbytes > limits.max_decoded_mb * 2**20:
+            why = f"decodes to {nbytes / 2**20:.0f} MB, over data.max_decoded_mb ({limits.max_decoded_mb:g})"
+            raise InputError(why, hint=hint, **where)
+        return width, height
 
     def _picture(self, path: Path, data: bytes, column: str) -> Picture:
         try:
@@ -96,6 +109,8 @@ class RowReader:
         kind = self.spec.kind
         if self.mask_from_file and "mask_path" not in paths:
             raise NoRegion("no mask (mask_path is empty)", column="mask_path")
+        if kind in ("image", "labelmap"):
+            self._size(paths["mask_path"], "mask_path", data)
         if kind == "image":
             region = region_from_image(data if data is not None else paths["mask_path"], self.cfg.data.mask_threshold)
         elif kind == "labelmap":
@@ -119,6 +134,7 @@ class RowReader:
     def _artifact(self, paths: dict[str, Path], source: Path | bytes, size: tuple[int, int]) -> np.ndarray:
         """The artifact mask in the image's geometry (any colour channel above the mask threshold)."""
         col = "artifact_mask_path"
+        self._size(paths[col], col, source if isinstance(source, bytes) else None)
         art = self._located(col, paths, region_from_image, source, self.cfg.data.mask_threshold)
         return self._located(col, paths, fit_region, art, size, "artifact mask")
 
@@ -157,6 +173,9 @@ class RowReader:
         """Full decode of the row's files, each read once (hashed and decoded from the same bytes)."""
         paths = self.paths(row)
         data = {col: self._located(col, paths, p.read_bytes) for col, p in paths.items()}
+        for col in ("image_path", "counterfactual_path"):  # the files may have changed since the check
+            if col in data:
+                self._size(paths[col], col, data[col])
         image = self._located("image_path", paths, self._picture, paths["image_path"], data["image_path"], "image_path")
         region, no_region = None, ""
         try:

@@ -5,14 +5,18 @@ Prints rows read / included / excluded, crashes, silent drops, files read outsid
 (every ``open`` of the planted outside folder, seen by a Python audit hook), pickle payloads executed
 (the payload creates a folder when unpickled; one payload is also offered as the model checkpoint),
 bad rows audited, good rows excluded, exclusions with the wrong reason, and the reasons histogram.
-The last four of the first group must be 0.
+The last four of the first group must be 0. Then the cost of the bad rows: the peak memory (max RSS)
+of the same audit in a fresh process with and without them (their ratio must stay under 1.5), and with
+``--per-kind`` the peak of a small audit of good rows plus a few rows of each kind alone.
 
-    .venv/bin/python bench/fuzz_inputs.py [--rows 1000] [--seed 0] [--keep DIR]
+    .venv/bin/python bench/fuzz_inputs.py [--rows 1000] [--seed 0] [--format csv] [--per-kind] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,11 +50,80 @@ def risky(cell: str) -> bool:
     return cell[:1] in ("=", "+", "-", "@") and not cell.lstrip("+-").replace(".", "", 1).replace("e-", "").isdigit()
 
 
+PEAK = """
+import json, resource, sys, warnings
+warnings.filterwarnings("ignore")
+from audit.pipeline import run_audit
+try:
+    run_audit(sys.argv[1], overwrite=True)
+    ok = True
+except Exception as err:
+    ok = f"{type(err).__name__}: {err}"[:300]
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ok": ok}))
+"""
+
+
+def peak_of(config: Path) -> dict:
+    """The audit of ``config`` in a fresh process: its peak RSS in MB, and whether it finished."""
+    done = subprocess.run([sys.executable, "-c", PEAK, str(config)], capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"peak_mb": float("nan"), "ok": done.stderr[-300:]}
+
+
+def variant(base: Path, hs_manifest: Path, rows: pd.DataFrame, name: str) -> Path:
+    """A copy of the audit's config whose manifest holds only ``rows`` (same data root)."""
+    manifest = hs_manifest.with_name(f"{name}{hs_manifest.suffix}")
+    frame = _read_manifest(hs_manifest).iloc[rows.index]
+    _write_manifest(frame, manifest)
+    cfg = yaml.safe_load((base / "fuzz.yaml").read_text())
+    cfg["run_name"], cfg["data"]["manifest"] = f"fuzz-{name}", str(manifest)
+    path = base / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_json(path, lines=True, dtype=False) if path.suffix == ".jsonl" else pd.read_parquet(path)
+
+
+def _write_manifest(frame: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+def memory(base: Path, hs_manifest: Path, expected: pd.DataFrame, per_kind: bool) -> bool:
+    """Peak RSS with and without the bad rows (and per kind); True when the ratio is at most 1.5."""
+    rows = expected.reset_index(drop=True)
+    good = rows[rows["kind"].isin(GOOD)]
+    clean, hostile = peak_of(variant(base, hs_manifest, good, "good-only")), peak_of(base / "fuzz.yaml")
+    ratio = hostile["peak_mb"] / clean["peak_mb"]
+    print(f"\npeak memory (max RSS of a fresh process running the audit): good rows only {clean['peak_mb']:.0f} MB, "
+          f"with the bad rows {hostile['peak_mb']:.0f} MB, ratio {ratio:.2f} (limit 1.5)")  # fmt: skip
+    if per_kind:
+        few = good.iloc[:48]
+        print(f"per kind: {len(few)} good rows plus up to 8 rows of the kind, peak MB (ratio to the good rows alone)")
+        alone = peak_of(variant(base, hs_manifest, few, "kind-none"))["peak_mb"]
+        for kind in KINDS:
+            these = pd.concat([few, rows[rows["kind"] == kind].iloc[:8]])
+            got = peak_of(variant(base, hs_manifest, these[~these.index.duplicated()], f"kind-{kind}"))
+            note = "" if got["ok"] is True else f"  (did not finish: {got['ok']})"
+            print(f"  {kind:20s} {got['peak_mb']:7.0f} ({got['peak_mb'] / alone:.2f}){note}")
+    return ratio <= 1.5
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="build and audit here (kept afterwards) instead of a temporary folder")
+    ap.add_argument("--format", default="csv", choices=["csv", "jsonl", "parquet"], help="the manifest's format")
+    ap.add_argument("--per-kind", action="store_true", help="also the peak memory of each kind alone")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     # half good rows (every good kind), half bad (every bad kind equally often), shuffled
@@ -67,7 +140,7 @@ def main() -> None:
         if args.keep:
             base.mkdir(parents=True, exist_ok=False)
         t0 = time.perf_counter()
-        hs = build_hostile_set(base, kinds, pool=24)
+        hs = build_hostile_set(base, kinds, pool=24, fmt=args.format)
         built = time.perf_counter() - t0
         torch.manual_seed(0)
         torch.save(build_torchvision("mobilenet_v3_small", 2).state_dict(), base / "model.pt")
@@ -111,6 +184,7 @@ def main() -> None:
                 for name in ("exclusions.csv", "subgroups.csv", "disparities.csv")
             )
         expected = hs.expected.set_index("row")
+        memory_ok = memory(base, hs.manifest, hs.expected, args.per_kind)
     accounted = set(images["row"]) | set(exclusions["row"])
     silent = len(kinds) - len(accounted) + (len(images) + len(exclusions) - len(accounted))
     bad_rows = expected[expected["kind"].isin(list(BAD))]
@@ -146,7 +220,7 @@ def main() -> None:
     for k, r in wrong[:5]:
         print(f"  WRONG: {k}: {r}")
     ok = crashes == 0 and silent == 0 and not OPENED and payloads == 0 and not wrong and not bad_audited
-    ok = ok and (result is None or (formulas == 0 and unescaped == 0))
+    ok = ok and (result is None or (formulas == 0 and unescaped == 0)) and memory_ok
     sys.exit(0 if ok and not good_excluded else 1)
 
 

@@ -287,6 +287,48 @@ def accept(
 
 
 @app.command()
+def init(
+    manifest: Annotated[Path, typer.Argument(help="the audit set's manifest (CSV, Parquet or JSON Lines)")],
+    model: Annotated[Path, typer.Option(help="the model file: .onnx, TorchScript, or a state_dict with --arch")],
+    arch: Annotated[str | None, typer.Option(help="torchvision architecture of a state_dict checkpoint")] = None,
+    out: Annotated[Path, typer.Option(help="where to write the config")] = Path("audit.yaml"),
+    run_name: Annotated[str, typer.Option(help="the run folder's name under reports/")] = "my-audit",
+    force: Annotated[bool, typer.Option(help="replace an existing config file")] = False,
+) -> None:
+    """Write a commented starter config from what the manifest and the model show, then check it as
+    `audit run` would (config, model against config, every row's headers) without running the model."""
+    from audit.config import ConfigError, load_config
+    from audit.manifest import ManifestError, load_manifest
+    from audit.models import ModelError
+    from audit.pipeline import preflight
+    from audit.starter import StarterError, starter_config
+
+    if out.exists() and not force:
+        typer.echo(f"error: {out} exists; pass --force to replace it, or --out another file", err=True)
+        raise typer.Exit(2)
+    try:
+        text = starter_config(manifest, model, arch, run_name)
+    except StarterError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    out.write_text(text)
+    typer.echo(f"wrote {out}:\n")
+    typer.echo(text)
+    try:
+        cfg = load_config(out)
+        preflight(cfg)
+        checked = load_manifest(cfg)
+    except (ConfigError, ManifestError, ModelError) as err:
+        typer.echo(f"error: the starter config does not check yet (edit {out}): {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"checked as `audit run` would: {checked.rows_read} rows, {len(checked.included)} to audit, "
+               f"{len(checked.exclusions)} excluded")  # fmt: skip
+    for reason, n in checked.exclusions["reason"].value_counts().head(5).items():
+        typer.echo(f"  {n:5d}  {reason[:110]}")
+    typer.echo(f"next: .venv/bin/audit run {out}")
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. reports/<run_name>")]) -> None:
     """Render report.html and report.pdf again from a finished run folder alone (no model, no images)."""
     from audit.report import render_report

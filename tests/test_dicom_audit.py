@@ -135,3 +135,19 @@ def test_nothing_usable_stops_the_run_and_says_why(tiny_set: Path, tiny_model: P
         run_audit(config)
     exclusions = pd.read_csv(tmp_path / "reports" / "none" / "exclusions.csv")
     assert len(exclusions) == 3 and exclusions["reason"].str.contains("unknown label 'eczema'").all()
+
+
+def test_audit_init_on_a_dicom_set_writes_a_config_that_runs(dicom_set: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out = tmp_path / "dicom.yaml"
+    args = ["init", str(dicom_set), "--model", str(tiny_model), "--arch", "mobilenet_v3_small", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "DICOM 64x64" in out.read_text() and "1 excluded" in result.output  # the 3-frame file, as the run will
+    assert yaml.safe_load(out.read_text())["data"]["subgroups"]
+    run = run_audit(out).run_dir  # unchanged
+    assert len(pd.read_parquet(run / "images.parquet")) == 24

@@ -181,7 +181,7 @@ def main() -> None:
             unescaped = html.count("<script>alert(1)</script>")
             formulas = sum(
                 int(pd.read_csv(result.run_dir / name, dtype=str, keep_default_na=False).map(risky).to_numpy().sum())
-                for name in ("exclusions.csv", "subgroups.csv", "disparities.csv")
+                for name in ("exclusions.csv", "subgroups.csv", "disparities.csv", "work/exclusions_manifest.csv")
             )
         expected = hs.expected.set_index("row")
         memory_ok = memory(base, hs.manifest, hs.expected, args.per_kind)

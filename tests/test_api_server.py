@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux'
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != api_server.OWNER}
+    """The user's environment without a Prefect API or wait (PREFECT_HOME kept: its database is migrated)."""
+    keep = ("PREFECT_HOME",)
+    env = {k: v for k, v in os.environ.items() if (not k.startswith("PREFECT_") or k in keep) and k != api_server.OWNER}
     return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
 
@@ -40,16 +42,15 @@ def _servers_of(owner: int) -> list[int]:
 
 
 def test_an_api_that_starts_slowly_is_waited_for(tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
-    """The server is made to take 25 s before it even imports (Prefect's own wait is 20 s): the run
+    """The server is made to take 21 s before it even imports (Prefect's own wait is 20 s): the run
     still completes, because the audit waits ``orchestration.api_startup_seconds``."""
     slow = tmp_path / "slow_site"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(
-        "import os, time\nif os.environ.get('PREFECT__SERVER_EPHEMERAL') == '1':\n    time.sleep(25)\n"
+        "import os, time\nif os.environ.get('PREFECT__SERVER_EPHEMERAL') == '1':\n    time.sleep(21)\n"
     )
     config = write_config(tmp_path / "slow.yaml", tiny_set, tiny_model, run_name="slow", **{"sanity.enabled": False})
-    env = _env(PYTHONPATH=os.pathsep.join([str(slow), *filter(None, [os.environ.get("PYTHONPATH")])]),
-               PREFECT_HOME=str(tmp_path / "prefect_home"))  # fmt: skip
+    env = _env(PYTHONPATH=os.pathsep.join([str(slow), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = _cli(config, env)
     output = proc.communicate(timeout=540)[0].decode()
     assert proc.returncode == 0, output[-3000:]
@@ -59,7 +60,7 @@ def test_an_api_that_starts_slowly_is_waited_for(tiny_set: Path, tiny_model: Pat
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_killed_run_leaves_no_server(how: str, tiny_set: Path, tiny_model: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "k.yaml", tiny_set, tiny_model, run_name="k", **{"sanity.enabled": False})
-    proc = _cli(config, _env(PREFECT_HOME=str(tmp_path / "prefect_home")))
+    proc = _cli(config, _env())
     deadline = time.monotonic() + 240
     while not _servers_of(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

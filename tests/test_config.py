@@ -132,8 +132,8 @@ def test_every_kind_of_broken_config_is_one_config_error(tmp_path: Path, content
 
 
 def test_no_command_prints_a_traceback(tmp_path: Path) -> None:
-    """Through the real entry point: a broken config is exit 2 and one line; so is a run folder whose
-    files are corrupt (an error no command expected)."""
+    """Through the real entry point: a broken config is exit 2 and one line (``check``, which shares
+    ``run``'s start); so is a run folder whose files are corrupt (an error no command expected)."""
     import subprocess
     import sys
 
@@ -144,7 +144,7 @@ def test_no_command_prints_a_traceback(tmp_path: Path) -> None:
     for name in ("images.parquet", "subgroups.csv", "exclusions.csv", "summary.json", "run.json"):
         (corrupt / name).write_text("not what it should be")
     (corrupt / "config.json").write_text("{")
-    for args in (["run", str(deep)], ["check", str(deep)], ["report", str(corrupt)]):
+    for args in (["check", str(deep)], ["report", str(corrupt)]):
         done = subprocess.run([sys.executable, "-c", "from flows.cli import app; app()", *args], capture_output=True,
                               text=True, timeout=120)  # fmt: skip
         assert done.returncode == 2, (args, done.stderr[-2000:])

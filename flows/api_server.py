@@ -80,9 +80,13 @@ def _exit_on_term(signum: int, frame: object) -> None:
 
 
 def prepare(startup_seconds: int) -> None:
-    """Before Prefect is imported: the start-up wait, the owner mark, no orphans, SIGTERM as an exit."""
+    """Before Prefect is imported: the start-up wait, the owner mark, ``PREFECT_HOME`` created, no
+    orphans, SIGTERM as an exit."""
     os.environ.setdefault(STARTUP, str(startup_seconds))
     os.environ[OWNER] = str(os.getpid())
+    if home := os.environ.get("PREFECT_HOME"):  # Prefect's server cannot open its database in a missing folder
+        with contextlib.suppress(OSError):
+            Path(home).expanduser().mkdir(parents=True, exist_ok=True)
     stop_orphaned_servers()
     with contextlib.suppress(ValueError):  # only the main thread may set handlers
         signal.signal(signal.SIGTERM, _exit_on_term)

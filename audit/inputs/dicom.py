@@ -65,9 +65,7 @@ def is_dicom(path: Path) -> bool:
 
 def dicom_size(path: Source, frame: int | None) -> tuple[int, int]:
     """(width, height) of the image (of ``frame`` in a multi-frame file) from the header alone."""
-    ds = _header(path)
-    _frame_index(ds, frame)
-    return int(ds.Columns), int(ds.Rows)
+    return dicom_extent(path, frame)[:2]
 
 
 def dicom_extent(path: Source, frame: int | None) -> tuple[int, int, int]:
